@@ -1,0 +1,585 @@
+//! Configuration: TOML text -> [`RawConfig`] (serde, unknown keys refused, defaults)
+//! -> [`RawConfig::validate`] -> typed [`Config`].
+//!
+//! Parsing works on a `&str` plus explicit [`Overrides`] so tests never touch the
+//! process environment; `main.rs` gathers flags and `TRACKEDGE_*` variables into the
+//! overrides. Every validation error names the key it is about.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration, compiled in so the binary runs anywhere.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/trackedge.toml");
+/// Where `serve` looks first when no `--config` is given.
+pub const DEFAULT_PATH: &str = "config/trackedge.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML for trackedge: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Values that win over the file: command-line flags, then `TRACKEDGE_*` variables.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub public_addr: Option<String>,
+    pub admin_addr: Option<String>,
+    pub data_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub node_id: String,
+    pub data_dir: String,
+    pub worker_threads: usize,
+    pub public: RawPublic,
+    pub admin: RawAdmin,
+    pub tokens: RawTokens,
+    pub events: RawEvents,
+    pub log: RawLog,
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPublic {
+    pub addr: String,
+    pub base_url: String,
+    pub http2: bool,
+    pub header_read_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_token_bytes: usize,
+    pub click_fallback_url: String,
+    pub tls: Vec<RawTlsCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsCert {
+    pub cert_path: String,
+    pub key_path: String,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub addr: String,
+    pub bearer_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokens {
+    pub key_file: String,
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEvents {
+    pub channel_capacity: usize,
+    pub ndjson_file: String,
+    pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            data_dir: "data".into(),
+            worker_threads: 0,
+            public: RawPublic::default(),
+            admin: RawAdmin::default(),
+            tokens: RawTokens::default(),
+            events: RawEvents::default(),
+            log: RawLog::default(),
+            shutdown: RawShutdown::default(),
+        }
+    }
+}
+
+impl Default for RawPublic {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            base_url: "http://127.0.0.1:8080".into(),
+            http2: true,
+            header_read_timeout_ms: 10_000,
+            max_body_bytes: 4096,
+            max_token_bytes: 4096,
+            click_fallback_url: String::new(),
+            tls: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:9090".into(),
+            bearer_token: String::new(),
+        }
+    }
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            key_file: String::new(),
+            reload_interval_ms: 2000,
+        }
+    }
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 65_536,
+            ndjson_file: "events.ndjson".into(),
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// Async worker threads; `None`: one per core.
+    pub worker_threads: Option<NonZeroUsize>,
+    pub public: PublicConfig,
+    pub admin: AdminConfig,
+    pub tokens: TokensConfig,
+    pub events: EventsConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublicConfig {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub http2: bool,
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_token_bytes: usize,
+    /// Already checked to be a safe http(s) URL.
+    pub click_fallback_url: Option<String>,
+    pub tls: Vec<TlsCertConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsCertConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Lower-cased; may start with `*.`.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    pub bearer_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// `None`: the generated `<data_dir>/keys.txt`.
+    pub key_file: Option<PathBuf>,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    pub channel_capacity: NonZeroUsize,
+    pub ndjson_path: PathBuf,
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Parses and validates config text, applying the overrides first.
+    pub fn from_toml_str(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        raw.apply(overrides);
+        raw.validate()
+    }
+
+    /// Reads `path`, or the embedded default when `path` is `None` and
+    /// [`DEFAULT_PATH`] does not exist.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => read(path)?,
+            None if Path::new(DEFAULT_PATH).exists() => read(Path::new(DEFAULT_PATH))?,
+            None => EMBEDDED_DEFAULT.to_owned(),
+        };
+        Self::from_toml_str(&text, overrides)
+    }
+
+    /// The key file `serve` and `sign` share.
+    pub fn key_file(&self) -> PathBuf {
+        self.tokens
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.txt"))
+    }
+
+    /// True when the key file is the generated default (and may be created).
+    pub fn key_file_is_generated(&self) -> bool {
+        self.tokens.key_file.is_none()
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl RawConfig {
+    fn apply(&mut self, overrides: &Overrides) {
+        if let Some(addr) = &overrides.public_addr {
+            self.public.addr.clone_from(addr);
+        }
+        if let Some(addr) = &overrides.admin_addr {
+            self.admin.addr.clone_from(addr);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            self.data_dir.clone_from(dir);
+        }
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let node_id = if self.node_id.is_empty() {
+            host_name()
+        } else {
+            self.node_id
+        };
+        if node_id.len() > 64 || node_id.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "node_id",
+                "must be at most 64 bytes without control characters",
+            ));
+        }
+        if self.data_dir.is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let admin_addr = socket_addr("admin.addr", &self.admin.addr)?;
+        let bearer_token = non_empty(self.admin.bearer_token);
+        if bearer_token.is_none() && !admin_addr.ip().is_loopback() {
+            return Err(invalid(
+                "admin.bearer_token",
+                format!("must be set when admin.addr ({admin_addr}) is not a loopback address"),
+            ));
+        }
+        let public = validate_public(self.public)?;
+        if public.addr == admin_addr && public.addr.port() != 0 {
+            return Err(invalid("admin.addr", "must differ from public.addr"));
+        }
+        Ok(Config {
+            node_id,
+            data_dir: PathBuf::from(&self.data_dir),
+            worker_threads: NonZeroUsize::new(self.worker_threads),
+            public,
+            admin: AdminConfig {
+                addr: admin_addr,
+                bearer_token,
+            },
+            tokens: TokensConfig {
+                key_file: non_empty(self.tokens.key_file).map(PathBuf::from),
+                reload_interval: millis(
+                    "tokens.reload_interval_ms",
+                    self.tokens.reload_interval_ms,
+                    100,
+                )?,
+            },
+            events: EventsConfig {
+                channel_capacity: NonZeroUsize::new(self.events.channel_capacity)
+                    .ok_or_else(|| invalid("events.channel_capacity", "must be at least 1"))?,
+                ndjson_path: {
+                    if self.events.ndjson_file.is_empty() {
+                        return Err(invalid("events.ndjson_file", "must not be empty"));
+                    }
+                    PathBuf::from(&self.data_dir).join(&self.events.ndjson_file)
+                },
+                flush_interval: millis(
+                    "events.flush_interval_ms",
+                    self.events.flush_interval_ms,
+                    1,
+                )?,
+            },
+            log: LogConfig {
+                format: match self.log.format.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        return Err(invalid(
+                            "log.format",
+                            format!("must be \"text\" or \"json\", not {other:?}"),
+                        ))
+                    }
+                },
+                level: self.log.level,
+            },
+            shutdown: ShutdownConfig {
+                drain_timeout: millis(
+                    "shutdown.drain_timeout_ms",
+                    self.shutdown.drain_timeout_ms,
+                    0,
+                )?,
+            },
+        })
+    }
+}
+
+fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
+    let addr = socket_addr("public.addr", &raw.addr)?;
+    let base_url = raw.base_url.trim_end_matches('/').to_owned();
+    crate::token::check_target(&base_url)
+        .map_err(|e| invalid("public.base_url", format!("{e} ({base_url:?})")))?;
+    let click_fallback_url = match non_empty(raw.click_fallback_url) {
+        None => None,
+        Some(url) => {
+            crate::token::check_target(&url)
+                .map_err(|e| invalid("public.click_fallback_url", format!("{e} ({url:?})")))?;
+            Some(url)
+        }
+    };
+    if !(64..=1 << 20).contains(&raw.max_body_bytes) {
+        return Err(invalid(
+            "public.max_body_bytes",
+            "must be between 64 and 1048576",
+        ));
+    }
+    if !(64..=16_384).contains(&raw.max_token_bytes) {
+        return Err(invalid(
+            "public.max_token_bytes",
+            "must be between 64 and 16384",
+        ));
+    }
+    let mut tls = Vec::with_capacity(raw.tls.len());
+    for cert in raw.tls {
+        if cert.cert_path.is_empty() || cert.key_path.is_empty() {
+            return Err(invalid(
+                "public.tls",
+                "every certificate needs cert_path and key_path",
+            ));
+        }
+        let mut server_names = Vec::with_capacity(cert.server_names.len());
+        for name in cert.server_names {
+            let name = name.to_ascii_lowercase();
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            if bare.is_empty()
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(invalid(
+                    "public.tls.server_names",
+                    format!("{name:?} is not a DNS name (or *.domain wildcard)"),
+                ));
+            }
+            server_names.push(name);
+        }
+        tls.push(TlsCertConfig {
+            cert_path: PathBuf::from(cert.cert_path),
+            key_path: PathBuf::from(cert.key_path),
+            server_names,
+        });
+    }
+    Ok(PublicConfig {
+        addr,
+        base_url,
+        http2: raw.http2,
+        header_read_timeout: millis(
+            "public.header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            1,
+        )?,
+        max_body_bytes: raw.max_body_bytes,
+        max_token_bytes: raw.max_token_bytes,
+        click_fallback_url,
+        tls,
+    })
+}
+
+fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like 127.0.0.1:8080 or [::1]:8080"),
+        )
+    })
+}
+
+fn millis(key: &'static str, value: u64, min: u64) -> Result<Duration, ConfigError> {
+    if value < min {
+        return Err(invalid(key, format!("must be at least {min} ms")));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty() && name.len() <= 64)
+        .unwrap_or_else(|| "edge".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, &Overrides::default())
+    }
+
+    #[test]
+    fn embedded_default_lists_exactly_the_code_defaults() {
+        let from_file: RawConfig = toml::from_str(EMBEDDED_DEFAULT).expect("embedded parses");
+        assert_eq!(from_file, RawConfig::default());
+        parse(EMBEDDED_DEFAULT).expect("embedded default validates");
+    }
+
+    #[test]
+    fn empty_text_is_the_default() {
+        let config = parse("").expect("defaults validate");
+        assert_eq!(config.public.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.key_file(), PathBuf::from("data/keys.txt"));
+        assert!(config.key_file_is_generated());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = parse("[public]\nadress = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_names_the_key() {
+        let err = parse("[public]\naddr = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public.addr"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse("[events]\nchannel_capacity = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("channel_capacity"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let overrides = Overrides {
+            public_addr: Some("127.0.0.1:0".into()),
+            admin_addr: Some("127.0.0.1:0".into()),
+            data_dir: Some("/tmp/x".into()),
+        };
+        let config = Config::from_toml_str("data_dir = \"y\"", &overrides).unwrap();
+        assert_eq!(config.public.addr.port(), 0);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn public_admin_without_token_is_refused() {
+        let err = parse("[admin]\naddr = \"0.0.0.0:9090\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.bearer_token"), "{err}");
+        parse("[admin]\naddr = \"0.0.0.0:9090\"\nbearer_token = \"s3cret\"\n").unwrap();
+    }
+
+    #[test]
+    fn fallback_url_must_be_http() {
+        let err = parse("[public]\nclick_fallback_url = \"javascript:alert(1)\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public.click_fallback_url"), "{err}");
+    }
+
+    #[test]
+    fn zero_capacity_is_refused() {
+        let err = parse("[events]\nchannel_capacity = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("events.channel_capacity"), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Readiness: stages register with a deadline and beat; the edge is ready while every
+//! registered stage has beaten within its deadline and no shutdown is under way.
+//!
+//! Liveness (`/healthz`) is separate and only says the process answers; readiness
+//! (`/readyz`) tells a load balancer to move traffic away, e.g. from a stuck writer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Stage {
+    name: &'static str,
+    deadline: Duration,
+    last_beat_ms: AtomicU64,
+}
+
+/// The registry every stage reports to.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    stages: Mutex<Vec<Arc<Stage>>>,
+    draining: AtomicBool,
+}
+
+/// A stage's handle: call [`Heartbeat::beat`] at least once per deadline.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    started: Instant,
+    stage: Arc<Stage>,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.stage.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Why the edge is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    Draining,
+    Late(Vec<&'static str>),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Draining => f.write_str("shutting down"),
+            NotReady::Late(names) => write!(f, "late: {}", names.join(", ")),
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health {
+            started: Instant::now(),
+            stages: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Registers a stage that counts as having just beaten.
+    pub fn register(&self, name: &'static str, deadline: Duration) -> Heartbeat {
+        let stage = Arc::new(Stage {
+            name,
+            deadline,
+            last_beat_ms: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+        });
+        self.stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stage.clone());
+        Heartbeat {
+            started: self.started,
+            stage,
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn check(&self) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(NotReady::Draining);
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        let late: Vec<&'static str> = self
+            .stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|stage| {
+                let since = now.saturating_sub(stage.last_beat_ms.load(Ordering::Relaxed));
+                since > stage.deadline.as_millis() as u64
+            })
+            .map(|stage| stage.name)
+            .collect();
+        if late.is_empty() {
+            Ok(())
+        } else {
+            Err(NotReady::Late(late))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_that_stops_beating_makes_the_edge_unready() {
+        let health = Health::new();
+        let beat = health.register("writer", Duration::from_millis(200));
+        assert_eq!(health.check(), Ok(()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(health.check(), Err(NotReady::Late(vec!["writer"])));
+        beat.beat();
+        assert_eq!(health.check(), Ok(()));
+        health.set_draining();
+        assert_eq!(health.check(), Err(NotReady::Draining));
+    }
+}

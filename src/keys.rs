@@ -1,0 +1,327 @@
+//! The key file: lines of `id:secret` read into a [`KeyRing`], created with one random
+//! key when it is the generated default and missing, and re-read without a restart.
+//!
+//! The ring in force lives in an [`ArcSwap`] so the request path reads it without a
+//! lock; a reload swaps a whole new ring or, when the new file is broken, keeps the old
+//! one, logs the error and counts it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rand::RngCore;
+
+use crate::metrics as m;
+use crate::token::{Key, KeyRing};
+
+/// Secrets shorter than this are refused: a tag is only as strong as its key.
+pub const MIN_SECRET_BYTES: usize = 32;
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create key file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} line {line}: {message}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("key file {path} has no keys")]
+    Empty { path: PathBuf },
+    #[error("key file {path} is larger than 1 MiB")]
+    TooLarge { path: PathBuf },
+}
+
+/// Parses key file text: `id:secret` per line, `#` comments and blank lines ignored.
+pub fn parse(path: &Path, text: &str) -> Result<KeyRing, KeyFileError> {
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fail = |message: String| KeyFileError::Line {
+            path: path.to_owned(),
+            line: index + 1,
+            message,
+        };
+        let (id, secret) = line
+            .split_once(':')
+            .ok_or_else(|| fail("expected `id:secret`".into()))?;
+        let id: u8 = id
+            .trim()
+            .parse()
+            .map_err(|_| fail(format!("key id {:?} is not a number 0-255", id.trim())))?;
+        let secret = secret.trim();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(fail(format!(
+                "secret of key {id} is {} bytes, at least {MIN_SECRET_BYTES} are needed",
+                secret.len()
+            )));
+        }
+        if ids.contains(&id) {
+            return Err(fail(format!("key id {id} appears twice")));
+        }
+        ids.push(id);
+        keys.push(Key::new(id, secret.as_bytes()));
+    }
+    KeyRing::new(keys).ok_or_else(|| KeyFileError::Empty {
+        path: path.to_owned(),
+    })
+}
+
+/// Reads the key file; when `may_create` and it does not exist, writes one random key.
+pub fn load(path: &Path, may_create: bool) -> Result<KeyRing, KeyFileError> {
+    if may_create && !path.exists() {
+        create(path)?;
+    }
+    let text = read_bounded(path)?;
+    parse(path, &text)
+}
+
+fn read_bounded(path: &Path) -> Result<String, KeyFileError> {
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_KEY_FILE_BYTES {
+        return Err(KeyFileError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
+}
+
+fn create(path: &Path) -> Result<(), KeyFileError> {
+    let create_err = |source| KeyFileError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(create_err)?;
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            let text = format!(
+                "# trackedge signing keys: `id:secret` per line; the first signs, all verify.\n\
+                 # Generated on first start. Keep it secret and back it up: URLs already sent\n\
+                 # stop working when their key is gone.\n1:{hex}\n"
+            );
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(create_err)?;
+            tracing::warn!(path = %path.display(), "no key file configured: generated a new signing key");
+            Ok(())
+        }
+        // Another process (`sign` racing `serve`) created it first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(create_err(err)),
+    }
+}
+
+/// The ring in force plus what is needed to reload it.
+pub struct Keys {
+    path: PathBuf,
+    current: ArcSwap<KeyRing>,
+    last_seen: std::sync::Mutex<Option<FileStamp>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+impl Keys {
+    pub fn open(path: PathBuf, may_create: bool) -> Result<Keys, KeyFileError> {
+        let ring = load(&path, may_create)?;
+        let keys = Keys {
+            last_seen: std::sync::Mutex::new(stamp(&path)),
+            path,
+            current: ArcSwap::from_pointee(ring),
+        };
+        keys.publish_ids(None);
+        Ok(keys)
+    }
+
+    pub fn ring(&self) -> arc_swap::Guard<Arc<KeyRing>> {
+        self.current.load()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file; on error the old ring stays in force.
+    pub fn reload(&self) -> Result<(), KeyFileError> {
+        let result = read_bounded(&self.path).and_then(|text| parse(&self.path, &text));
+        match result {
+            Ok(ring) => {
+                let old = self.current.swap(Arc::new(ring));
+                self.publish_ids(Some(&old));
+                metrics::counter!(m::TOKEN_KEY_RELOADS_TOTAL, "result" => "ok").increment(1);
+                tracing::info!(path = %self.path.display(), ids = ?self.current.load().ids().collect::<Vec<_>>(), "signing keys reloaded");
+                Ok(())
+            }
+            Err(err) => {
+                metrics::counter!(m::TOKEN_KEY_RELOADS_TOTAL, "result" => "error").increment(1);
+                tracing::warn!(error = %err, "key file reload failed; the previous keys stay in force");
+                Err(err)
+            }
+        }
+    }
+
+    /// Reloads when the file's size or modification time changed since last seen.
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.path);
+        let changed = {
+            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = *last != now;
+            *last = now;
+            changed
+        };
+        if changed && now.is_some() {
+            // An error is logged and counted inside; the old keys keep serving.
+            let _ = self.reload();
+        }
+    }
+
+    fn publish_ids(&self, old: Option<&KeyRing>) {
+        if let Some(old) = old {
+            for id in old.ids() {
+                metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(0.0);
+            }
+        }
+        let ring = self.current.load();
+        for id in ring.ids() {
+            metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(1.0);
+        }
+        metrics::gauge!(m::TOKEN_SIGNING_KEY_ID).set(f64::from(ring.signing_key().id()));
+    }
+}
+
+/// Reloads on SIGHUP and whenever the file changes, until `shutdown` fires.
+pub async fn watch(keys: Arc<Keys>, interval: Duration, mut shutdown: crate::shutdown::Signal) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; key reload only by file change");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => keys.reload_if_changed(),
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                let _ = keys.reload();
+            }
+            () = shutdown.recv() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_comments_rotation_and_order() {
+        let text = "# comment\n\n2: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n1:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n";
+        let ring = parse(Path::new("k"), text).unwrap();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(ring.signing_key().id(), 2);
+    }
+
+    #[test]
+    fn bad_lines_name_line_and_problem() {
+        for (text, needle) in [
+            ("1-abc\n", "line 1: expected"),
+            ("x:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "not a number"),
+            ("256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "not a number"),
+            ("1:short\n", "at least 32"),
+            (
+                "1:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n1:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n",
+                "line 2: key id 1 appears twice",
+            ),
+            ("# nothing\n", "no keys"),
+        ] {
+            let err = parse(Path::new("k"), text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn generated_file_is_private_and_loads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/keys.txt");
+        let first = load(&path, true).unwrap();
+        let again = load(&path, true).unwrap();
+        assert_eq!(
+            first.ids().collect::<Vec<_>>(),
+            again.ids().collect::<Vec<_>>()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn configured_missing_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        assert!(load(&path, false).is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn broken_reload_keeps_the_old_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "5:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let keys = Keys::open(path.clone(), false).unwrap();
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(keys.reload().is_err());
+        assert_eq!(keys.ring().signing_key().id(), 5);
+        std::fs::write(
+            &path,
+            "6:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n5:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+        )
+        .unwrap();
+        keys.reload().unwrap();
+        assert_eq!(keys.ring().ids().collect::<Vec<_>>(), vec![6, 5]);
+    }
+}

@@ -1,0 +1,55 @@
+//! trackedge: a tracking edge for email opens, clicks, downloads and unsubscribes.
+//!
+//! # Layout
+//! - [`config`]: TOML -> validated [`config::Config`]; [`shutdown`]: one stop signal.
+//! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`admin`]: metrics and probes.
+//! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
+//! - [`privacy`]: what may be stored; [`event`]: the record; [`spool`]: its hand-off.
+//! - [`metrics`]: names and handles; [`health`]: readiness.
+//!
+//! # The life of a hit
+//! A request for `/c/{token}` is accepted by [`server`] (TCP or rustls), parsed by
+//! hyper and handed to [`route::handle`], which matches the route, verifies the token
+//! against the [`keys`] in force ([`token::verify`]), applies [`privacy`] to the
+//! request's facts, builds an [`event::Event`] and queues it with
+//! [`spool::EventSender::send`] (never waiting), then answers a 302 to the signed
+//! target from static parts. The writer thread in [`spool`] appends the event to
+//! disk; nothing on the request path touches disk or network.
+//!
+//! # Minting URLs
+//! Senders embed [`mint_url`] (or run `trackedge sign`):
+//!
+//! ```
+//! use trackedge::{mint_url, Claims, Key, KeyRing, Kind};
+//! let keys = KeyRing::new(vec![Key::new(1, b"a secret of at least thirty-two bytes")]).unwrap();
+//! let claims = Claims {
+//!     kind: Kind::Click,
+//!     tenant: "acme".into(),
+//!     campaign: "spring-sale".into(),
+//!     message: "msg-42".into(),
+//!     recipient: None,
+//!     link: 1,
+//!     target: Some("https://shop.example/spring".into()),
+//!     expires_at: None,
+//!     sent_at: None,
+//! };
+//! let url = mint_url("https://t.example.com", &keys, &claims).unwrap();
+//! assert!(url.starts_with("https://t.example.com/c/"));
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod event;
+pub mod health;
+pub mod keys;
+pub mod metrics;
+pub mod privacy;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod spool;
+pub mod tls;
+pub mod token;
+
+pub use token::{mint_url, sign, verify, Claims, Key, KeyRing, Kind};

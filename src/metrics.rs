@@ -1,0 +1,310 @@
+//! Metric names (the API operators build dashboards on), their descriptions, the
+//! Prometheus recorder, and pre-registered handles for the request path.
+//!
+//! Names follow `trackedge_<area>_<noun>_<unit>[_total]`; labels are bounded enums
+//! (route, status class, reason, kind), never a path, token, user agent or address.
+//! The request path uses [`RequestMetrics`], whose handles are looked up once at
+//! start, so counting a request is an atomic add rather than a registry lookup.
+
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::route::RouteName;
+use crate::token::{Kind, TokenError};
+
+pub const HTTP_REQUESTS_TOTAL: &str = "trackedge_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "trackedge_http_request_duration_seconds";
+pub const HTTP_ERRORS_TOTAL: &str = "trackedge_http_errors_total";
+pub const HTTP_CONNECTIONS_TOTAL: &str = "trackedge_http_connections_total";
+pub const HTTP_CONNECTIONS_ACTIVE: &str = "trackedge_http_connections_active";
+pub const HTTP_CONNECTION_ERRORS_TOTAL: &str = "trackedge_http_connection_errors_total";
+pub const TOKEN_FAILURES_TOTAL: &str = "trackedge_token_failures_total";
+pub const TOKEN_KEYS_ACTIVE: &str = "trackedge_token_keys_active";
+pub const TOKEN_SIGNING_KEY_ID: &str = "trackedge_token_signing_key_id";
+pub const TOKEN_KEY_RELOADS_TOTAL: &str = "trackedge_token_key_reloads_total";
+pub const EVENTS_EMITTED_TOTAL: &str = "trackedge_events_emitted_total";
+pub const EVENTS_DROPPED_TOTAL: &str = "trackedge_events_dropped_total";
+pub const EVENTS_WRITTEN_TOTAL: &str = "trackedge_events_written_total";
+pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
+pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
+pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
+pub const READY: &str = "trackedge_ready";
+pub const BUILD_INFO: &str = "trackedge_build_info";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric this build exports, with its help text. README's metric table and
+/// the scrape test both follow this list.
+pub const ALL: &[(&str, MetricKind, &str)] = &[
+    (
+        HTTP_REQUESTS_TOTAL,
+        MetricKind::Counter,
+        "Public requests answered, by route and status class.",
+    ),
+    (
+        HTTP_REQUEST_DURATION_SECONDS,
+        MetricKind::Histogram,
+        "Time from request head parsed to response built, by route.",
+    ),
+    (
+        HTTP_ERRORS_TOTAL,
+        MetricKind::Counter,
+        "Requests refused before their route ran, by reason.",
+    ),
+    (
+        HTTP_CONNECTIONS_TOTAL,
+        MetricKind::Counter,
+        "Connections accepted on the public listener.",
+    ),
+    (
+        HTTP_CONNECTIONS_ACTIVE,
+        MetricKind::Gauge,
+        "Connections open on the public listener.",
+    ),
+    (
+        HTTP_CONNECTION_ERRORS_TOTAL,
+        MetricKind::Counter,
+        "Connections that ended in an error, by reason.",
+    ),
+    (
+        TOKEN_FAILURES_TOTAL,
+        MetricKind::Counter,
+        "Tokens refused, by route and reason; nothing was recorded for them.",
+    ),
+    (
+        TOKEN_KEYS_ACTIVE,
+        MetricKind::Gauge,
+        "1 for every key id that verifies tokens now, 0 for ids removed by a reload.",
+    ),
+    (
+        TOKEN_SIGNING_KEY_ID,
+        MetricKind::Gauge,
+        "The key id that signs new tokens.",
+    ),
+    (
+        TOKEN_KEY_RELOADS_TOTAL,
+        MetricKind::Counter,
+        "Key file reloads, by result (ok, error).",
+    ),
+    (
+        EVENTS_EMITTED_TOTAL,
+        MetricKind::Counter,
+        "Events handed to the writer, by kind.",
+    ),
+    (
+        EVENTS_DROPPED_TOTAL,
+        MetricKind::Counter,
+        "Events lost before the writer, by reason.",
+    ),
+    (
+        EVENTS_WRITTEN_TOTAL,
+        MetricKind::Counter,
+        "Events written to the event output.",
+    ),
+    (
+        EVENTS_WRITE_ERRORS_TOTAL,
+        MetricKind::Counter,
+        "Failed writes to the event output.",
+    ),
+    (
+        EVENTS_QUEUE_DEPTH,
+        MetricKind::Gauge,
+        "Events waiting between the request path and the writer.",
+    ),
+    (
+        ADMIN_UNAUTHORIZED_TOTAL,
+        MetricKind::Counter,
+        "Admin calls refused for a missing or wrong bearer token.",
+    ),
+    (
+        READY,
+        MetricKind::Gauge,
+        "1 when every registered stage reported in time, else 0.",
+    ),
+    (
+        BUILD_INFO,
+        MetricKind::Gauge,
+        "Always 1; the version label names the build.",
+    ),
+];
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot set histogram buckets: {0}")]
+    Buckets(String),
+    #[error("a metrics recorder is already installed in this process")]
+    AlreadyInstalled,
+}
+
+/// Installs the Prometheus recorder for the process and describes every metric.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
+            DURATION_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Buckets(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+    for &(name, kind, help) in ALL {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(name, help),
+            MetricKind::Gauge => metrics::describe_gauge!(name, help),
+            MetricKind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// Keeps histogram memory bounded between scrapes.
+pub async fn upkeep(handle: PrometheusHandle, mut shutdown: crate::shutdown::Signal) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = shutdown.recv() => return,
+        }
+    }
+}
+
+/// HTTP status classes used as the `status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    const ALL: [StatusClass; 4] = [
+        StatusClass::Success,
+        StatusClass::Redirect,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+    ];
+
+    pub fn of(status: http::StatusCode) -> StatusClass {
+        match status.as_u16() {
+            300..=399 => StatusClass::Redirect,
+            400..=499 => StatusClass::ClientError,
+            500.. => StatusClass::ServerError,
+            _ => StatusClass::Success,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Success => "2xx",
+            StatusClass::Redirect => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+struct RouteMetrics {
+    by_status: [Counter; 4],
+    duration: Histogram,
+    token_failures: [Counter; TokenError::ALL.len()],
+}
+
+/// Handles for everything the request path counts, registered once.
+pub struct RequestMetrics {
+    routes: Vec<RouteMetrics>,
+    emitted: [Counter; Kind::ALL.len()],
+}
+
+impl RequestMetrics {
+    /// Registers (and so exports at zero) every series the request path can touch.
+    pub fn register() -> RequestMetrics {
+        let routes = RouteName::ALL
+            .iter()
+            .map(|route| RouteMetrics {
+                by_status: StatusClass::ALL.map(|class| {
+                    metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.as_str(), "status" => class.as_str())
+                }),
+                duration: metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.as_str()),
+                token_failures: TokenError::ALL.map(|reason| {
+                    metrics::counter!(TOKEN_FAILURES_TOTAL, "route" => route.as_str(), "reason" => reason.as_str())
+                }),
+            })
+            .collect();
+        RequestMetrics {
+            routes,
+            emitted: Kind::ALL
+                .map(|kind| metrics::counter!(EVENTS_EMITTED_TOTAL, "kind" => kind.as_str())),
+        }
+    }
+
+    pub fn answered(&self, route: RouteName, status: http::StatusCode, elapsed: Duration) {
+        let route = &self.routes[route.index()];
+        route.by_status[StatusClass::of(status).index()].increment(1);
+        route.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn token_failed(&self, route: RouteName, reason: TokenError) {
+        let index = TokenError::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.routes[route.index()].token_failures[index].increment(1);
+    }
+
+    pub fn emitted(&self, kind: Kind) {
+        let index = Kind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("ALL lists every kind");
+        self.emitted[index].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind, help) in ALL {
+            assert!(name.starts_with("trackedge_"), "{name}");
+            assert!(seen.insert(name), "{name} twice");
+            assert!(!help.is_empty());
+            assert_eq!(
+                name.ends_with("_total"),
+                kind == MetricKind::Counter,
+                "{name}: counters and only counters end in _total"
+            );
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(StatusClass::of(http::StatusCode::OK).as_str(), "2xx");
+        assert_eq!(StatusClass::of(http::StatusCode::FOUND).as_str(), "3xx");
+        assert_eq!(StatusClass::of(http::StatusCode::NOT_FOUND).as_str(), "4xx");
+        assert_eq!(
+            StatusClass::of(http::StatusCode::SERVICE_UNAVAILABLE).as_str(),
+            "5xx"
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! The public request path: match the route, then run its stages in order —
+//! token -> privacy -> (enrich) -> respond -> hand the event to the spool.
+//!
+//! Input: a parsed request from `server` and the peer address. Output: a response
+//! built from static bytes (see [`response`]) and at most one [`Event`] handed to
+//! [`EventSender::send`], which never waits. Nothing here touches disk or network,
+//! and a GET never changes state (link scanners fetch every URL in a mail).
+
+mod click;
+mod pixel;
+pub mod response;
+pub mod unsubscribe;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{ALLOW, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::event::{now_ms, Event, IdGenerator, SCHEMA_VERSION};
+use crate::keys::Keys;
+use crate::metrics::RequestMetrics;
+use crate::privacy;
+use crate::spool::EventSender;
+use crate::token::{self, Claims, Kind, TokenError};
+use response::Body;
+
+/// User agents longer than this are cut (on a character boundary) before storage.
+pub const MAX_UA_BYTES: usize = 512;
+
+/// Everything the request path shares, built once at start.
+pub struct Edge {
+    pub keys: Arc<Keys>,
+    pub events: EventSender,
+    pub ids: IdGenerator,
+    pub metrics: RequestMetrics,
+    pub node: Arc<str>,
+    pub max_token_bytes: usize,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    /// Where bad click tokens go instead of the 404 page; checked at config time.
+    pub click_fallback: Option<HeaderValue>,
+}
+
+/// The routes of the public listener; `as_str` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteName {
+    Pixel,
+    Click,
+    Download,
+    Unsubscribe,
+    Healthz,
+    NotFound,
+}
+
+impl RouteName {
+    pub const ALL: [RouteName; 6] = [
+        RouteName::Pixel,
+        RouteName::Click,
+        RouteName::Download,
+        RouteName::Unsubscribe,
+        RouteName::Healthz,
+        RouteName::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteName::Pixel => "pixel",
+            RouteName::Click => "click",
+            RouteName::Download => "download",
+            RouteName::Unsubscribe => "unsubscribe",
+            RouteName::Healthz => "healthz",
+            RouteName::NotFound => "not_found",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a request was refused before or instead of its route's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    NotFound,
+    MethodNotAllowed(&'static str),
+    BodyTooLarge,
+    BodyUnreadable,
+    NotOneClick,
+}
+
+impl HttpError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpError::NotFound => "not_found",
+            HttpError::MethodNotAllowed(_) => "method_not_allowed",
+            HttpError::BodyTooLarge => "body_too_large",
+            HttpError::BodyUnreadable => "body_unreadable",
+            HttpError::NotOneClick => "not_one_click",
+        }
+    }
+
+    fn respond(self) -> Response<Body> {
+        metrics::counter!(crate::metrics::HTTP_ERRORS_TOTAL, "reason" => self.as_str())
+            .increment(1);
+        match self {
+            HttpError::NotFound => response::text(StatusCode::NOT_FOUND, "not found\n"),
+            HttpError::MethodNotAllowed(allow) => {
+                let mut response =
+                    response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                response
+            }
+            HttpError::BodyTooLarge => {
+                response::text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+            }
+            HttpError::BodyUnreadable => {
+                response::text(StatusCode::BAD_REQUEST, "body could not be read\n")
+            }
+            HttpError::NotOneClick => {
+                response::html(StatusCode::BAD_REQUEST, response::BAD_UNSUBSCRIBE_PAGE)
+            }
+        }
+    }
+}
+
+const GET_HEAD: &str = "GET, HEAD";
+const GET_HEAD_POST: &str = "GET, HEAD, POST";
+
+/// What one request tells beyond its token: the per-request context of the stages.
+pub struct Hit<'a> {
+    pub at_ms: u64,
+    pub peer: IpAddr,
+    pub headers: &'a HeaderMap,
+    pub head: bool,
+}
+
+impl Hit<'_> {
+    fn now_secs(&self) -> u64 {
+        self.at_ms / 1000
+    }
+}
+
+/// Answers one public request.
+pub async fn handle<B>(edge: &Edge, request: Request<B>, peer: IpAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let (route, token) = match_path(request.uri().path());
+    let result = match route {
+        RouteName::Pixel => pixel::answer(edge, &request, token, peer),
+        RouteName::Click => click::answer(edge, &request, token, peer, Kind::Click),
+        RouteName::Download => click::answer(edge, &request, token, peer, Kind::Download),
+        RouteName::Unsubscribe => {
+            let token = token.to_owned();
+            unsubscribe_answer(edge, request, &token, peer).await
+        }
+        RouteName::Healthz => match *request.method() {
+            Method::GET | Method::HEAD => Ok(response::text(StatusCode::OK, "ok\n")),
+            _ => Err(HttpError::MethodNotAllowed(GET_HEAD)),
+        },
+        RouteName::NotFound => Err(HttpError::NotFound),
+    };
+    let response = result.unwrap_or_else(HttpError::respond);
+    edge.metrics
+        .answered(route, response.status(), started.elapsed());
+    response
+}
+
+fn match_path(path: &str) -> (RouteName, &str) {
+    let matched = if let Some(rest) = path.strip_prefix("/o/") {
+        rest.strip_suffix(".gif")
+            .map(|token| (RouteName::Pixel, token))
+    } else if let Some(token) = path.strip_prefix("/c/") {
+        Some((RouteName::Click, token))
+    } else if let Some(token) = path.strip_prefix("/f/") {
+        Some((RouteName::Download, token))
+    } else if let Some(token) = path.strip_prefix("/u/") {
+        Some((RouteName::Unsubscribe, token))
+    } else if path == "/healthz" {
+        Some((RouteName::Healthz, ""))
+    } else {
+        None
+    };
+    match matched {
+        Some((route, token)) if route == RouteName::Healthz || is_token_shaped(token) => {
+            (route, token)
+        }
+        _ => (RouteName::NotFound, ""),
+    }
+}
+
+/// A token is one non-empty path segment; its content is the verifier's business.
+fn is_token_shaped(token: &str) -> bool {
+    !token.is_empty() && !token.contains('/')
+}
+
+fn require_get_or_head<B>(request: &Request<B>) -> Result<bool, HttpError> {
+    match *request.method() {
+        Method::GET => Ok(false),
+        Method::HEAD => Ok(true),
+        _ => Err(HttpError::MethodNotAllowed(GET_HEAD)),
+    }
+}
+
+fn verify(
+    edge: &Edge,
+    route: RouteName,
+    token: &str,
+    kind: Kind,
+    hit: &Hit,
+) -> Result<Claims, TokenError> {
+    let keys = edge.keys.ring();
+    token::verify(&keys, token, kind, hit.now_secs(), edge.max_token_bytes).inspect_err(|reason| {
+        edge.metrics.token_failed(route, *reason);
+    })
+}
+
+/// Turns verified claims and the request's facts into an event and queues it.
+fn record(edge: &Edge, claims: Claims, hit: &Hit) {
+    let kind = claims.kind;
+    let event = Event {
+        v: SCHEMA_VERSION,
+        id: edge.ids.next(hit.at_ms),
+        ts: hit.at_ms,
+        kind,
+        tenant: claims.tenant,
+        campaign: claims.campaign,
+        message: claims.message,
+        recipient: claims.recipient,
+        link: claims.link,
+        target: claims.target,
+        ip: Some(privacy::truncate_ip(hit.peer)),
+        ua: hit
+            .headers
+            .get(USER_AGENT)
+            .map(|ua| user_agent(ua.as_bytes())),
+        dnt: header_is_one(hit.headers, "dnt"),
+        gpc: header_is_one(hit.headers, "sec-gpc"),
+        head: hit.head,
+        node: edge.node.clone(),
+    };
+    if edge.events.send(event).is_ok() {
+        edge.metrics.emitted(kind);
+    }
+}
+
+fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|value| value.as_bytes().trim_ascii() == b"1")
+}
+
+/// At most [`MAX_UA_BYTES`] of the header; a character split by the cut becomes U+FFFD.
+fn user_agent(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&raw[..raw.len().min(MAX_UA_BYTES)]).into_owned()
+}
+
+async fn unsubscribe_answer<B>(
+    edge: &Edge,
+    request: Request<B>,
+    token: &str,
+    peer: IpAddr,
+) -> Result<Response<Body>, HttpError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let post = match *request.method() {
+        Method::GET | Method::HEAD => false,
+        Method::POST => true,
+        _ => return Err(HttpError::MethodNotAllowed(GET_HEAD_POST)),
+    };
+    let (parts, body) = request.into_parts();
+    let hit = Hit {
+        at_ms: now_ms(),
+        peer,
+        headers: &parts.headers,
+        head: parts.method == Method::HEAD,
+    };
+    let claims = match verify(edge, RouteName::Unsubscribe, token, Kind::Unsubscribe, &hit) {
+        Ok(claims) => claims,
+        Err(_) => {
+            return Ok(response::html(
+                StatusCode::NOT_FOUND,
+                response::LINK_NOT_FOUND_PAGE,
+            ))
+        }
+    };
+    if !post {
+        return Ok(response::html(
+            StatusCode::OK,
+            response::UNSUBSCRIBE_CONFIRM_PAGE,
+        ));
+    }
+    let body = read_body(body, edge.max_body_bytes, edge.body_timeout).await?;
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !unsubscribe::is_one_click(content_type, &body) {
+        return Err(HttpError::NotOneClick);
+    }
+    record(edge, claims, &hit);
+    Ok(response::html(StatusCode::OK, response::UNSUBSCRIBED_PAGE))
+}
+
+async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<bytes::Bytes, HttpError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::BodyTooLarge)
+        }
+        Ok(Err(_)) | Err(_) => Err(HttpError::BodyUnreadable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_routes() {
+        assert_eq!(match_path("/o/abc.gif"), (RouteName::Pixel, "abc"));
+        assert_eq!(match_path("/c/abc"), (RouteName::Click, "abc"));
+        assert_eq!(match_path("/f/abc"), (RouteName::Download, "abc"));
+        assert_eq!(match_path("/u/abc"), (RouteName::Unsubscribe, "abc"));
+        assert_eq!(match_path("/healthz"), (RouteName::Healthz, ""));
+        for path in [
+            "/",
+            "/o/abc",
+            "/o/.gif",
+            "/c/",
+            "/c/a/b",
+            "/x",
+            "/healthz/",
+            "//c/abc",
+        ] {
+            assert_eq!(match_path(path).0, RouteName::NotFound, "{path}");
+        }
+    }
+
+    #[test]
+    fn long_user_agents_are_cut() {
+        let ua = user_agent(&[b'a'; 10_000]);
+        assert_eq!(ua.len(), MAX_UA_BYTES);
+        let ua = user_agent("é".repeat(1000).as_bytes());
+        assert!(ua.len() <= MAX_UA_BYTES + 2);
+    }
+}

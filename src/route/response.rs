@@ -1,0 +1,106 @@
+//! Every answer the public listener gives, built from static bytes and static header
+//! values so that building one allocates nothing but the response itself.
+
+use bytes::Bytes;
+use http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, EXPIRES, LOCATION, PRAGMA,
+    REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+pub type Body = Full<Bytes>;
+
+/// A 1x1 transparent GIF89a, 43 bytes.
+pub const PIXEL_GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00\
+!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+
+const NO_STORE: HeaderValue =
+    HeaderValue::from_static("no-store, no-cache, must-revalidate, private");
+const HTML_CSP: HeaderValue = HeaderValue::from_static(
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+);
+
+fn tracking_headers(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(EXPIRES, HeaderValue::from_static("0"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+}
+
+pub fn pixel() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    tracking_headers(&mut response);
+    response
+}
+
+/// A 302 to a location that was signed (or configured), never one from the request.
+pub fn redirect(location: HeaderValue) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, location);
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    tracking_headers(&mut response);
+    response
+}
+
+pub fn html(status: StatusCode, page: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CONTENT_SECURITY_POLICY, HTML_CSP);
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    tracking_headers(&mut response);
+    response
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    response
+}
+
+pub const LINK_NOT_FOUND_PAGE: &str =
+    "<!doctype html><meta charset=utf-8><title>Link not found</title>\
+<p>This link is not valid or has expired.</p>\n";
+
+pub const UNSUBSCRIBE_CONFIRM_PAGE: &str =
+    "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
+<form method=post><input type=hidden name=List-Unsubscribe value=One-Click>\
+<p>Stop receiving these emails?</p><button type=submit>Unsubscribe</button></form>\n";
+
+pub const UNSUBSCRIBED_PAGE: &str =
+    "<!doctype html><meta charset=utf-8><title>Unsubscribed</title>\
+<p>You have been unsubscribed.</p>\n";
+
+pub const BAD_UNSUBSCRIBE_PAGE: &str =
+    "<!doctype html><meta charset=utf-8><title>Bad request</title>\
+<p>An unsubscribe request must carry List-Unsubscribe=One-Click.</p>\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_is_a_43_byte_gif() {
+        assert_eq!(PIXEL_GIF.len(), 43);
+        assert!(PIXEL_GIF.starts_with(b"GIF89a"));
+        assert_eq!(PIXEL_GIF[42], b';');
+    }
+}

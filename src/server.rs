@@ -1,0 +1,277 @@
+//! Wiring and lifecycle: open the keys, the event writer and both listeners, serve
+//! until the shutdown signal, then drain in order.
+//!
+//! Shutdown order: readiness turns 503 -> the public listener stops accepting ->
+//! in-flight requests finish (bounded by `shutdown.drain_timeout_ms`) -> the event
+//! writer drains the channel, flushes and fsyncs -> the admin listener and the
+//! background tasks stop. Later stages (spool, forwarder) hook their drains in here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::event::IdGenerator;
+use crate::health::Health;
+use crate::keys::{self, KeyFileError, Keys};
+use crate::metrics::{self as m, RequestMetrics};
+use crate::route::{self, Edge};
+use crate::shutdown::{self, Signal};
+use crate::spool;
+use crate::tls::{self, TlsError};
+
+/// A TLS client that has not finished its handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the event output: {0}")]
+    Events(std::io::Error),
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The addresses actually bound (port 0 in the config becomes a real port here).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Runs the edge until `shutdown` fires and everything has drained.
+/// `on_listening` is called once both listeners are bound.
+pub async fn run(
+    config: Config,
+    prometheus: PrometheusHandle,
+    mut shutdown: Signal,
+    on_listening: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let keys = Arc::new(Keys::open(
+        config.key_file(),
+        config.key_file_is_generated(),
+    )?);
+    let tls = match config.public.tls.is_empty() {
+        true => None,
+        false => Some(tls::acceptor(&config.public.tls, config.public.http2)?),
+    };
+    let health = Arc::new(Health::new());
+    let writer_deadline = config.events.flush_interval * 5 + Duration::from_secs(1);
+    let (events, writer) = spool::start(
+        &config.events,
+        health.register("event_writer", writer_deadline),
+    )
+    .map_err(ServeError::Events)?;
+
+    let public = bind("public", config.public.addr).await?;
+    let admin_listener = bind("admin", config.admin.addr).await?;
+    let bound = Bound {
+        public: local_addr("public", &public)?,
+        admin: local_addr("admin", &admin_listener)?,
+    };
+
+    let edge = Arc::new(Edge {
+        keys: keys.clone(),
+        events,
+        ids: IdGenerator::new(),
+        metrics: RequestMetrics::register(),
+        node: config.node_id.as_str().into(),
+        max_token_bytes: config.public.max_token_bytes,
+        max_body_bytes: config.public.max_body_bytes,
+        body_timeout: config.public.header_read_timeout,
+        click_fallback: config
+            .public
+            .click_fallback_url
+            .as_deref()
+            .map(http::HeaderValue::from_str)
+            .transpose()
+            .expect("config validation admits only visible-ASCII fallback URLs"),
+    });
+
+    // Admin and background tasks outlive the public drain so metrics stay scrapeable.
+    let (stop_background, background) = shutdown::channel();
+    let admin = Arc::new(Admin {
+        prometheus: prometheus.clone(),
+        health: health.clone(),
+        bearer_token: config.admin.bearer_token.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, background.clone()));
+    tokio::spawn(keys::watch(
+        keys,
+        config.tokens.reload_interval,
+        background.clone(),
+    ));
+    tokio::spawn(m::upkeep(prometheus, background));
+
+    tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");
+    on_listening(bound);
+
+    let graceful = GracefulShutdown::new();
+    accept_public(
+        public,
+        tls,
+        edge,
+        connection_builder(&config),
+        &graceful,
+        &mut shutdown,
+    )
+    .await;
+
+    health.set_draining();
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: draining connections"
+    );
+    if tokio::time::timeout(config.shutdown.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?config.shutdown.drain_timeout,
+            "connections still open after the drain timeout; closing them"
+        );
+    }
+    writer.finish().await;
+    stop_background.fire();
+    let _ = admin_task.await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, listener: &TcpListener) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        what,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+fn connection_builder(config: &Config) -> Arc<auto::Builder<TokioExecutor>> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if !config.public.http2 {
+        builder = builder.http1_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.public.header_read_timeout)
+        .keep_alive(true);
+    if config.public.http2 {
+        builder.http2().timer(TokioTimer::new());
+    }
+    Arc::new(builder)
+}
+
+async fn accept_public(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    edge: Arc<Edge>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    shutdown: &mut Signal,
+) {
+    let accepted_total = metrics::counter!(m::HTTP_CONNECTIONS_TOTAL);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "accept").increment(1);
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.recv() => return,
+        };
+        accepted_total.increment(1);
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            tls.clone(),
+            edge.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    edge: Arc<Edge>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let active = metrics::gauge!(m::HTTP_CONNECTIONS_ACTIVE);
+    active.increment(1.0);
+    let peer_ip = peer.ip();
+    let service = hyper::service::service_fn(move |request| {
+        let edge = edge.clone();
+        async move { Ok::<_, Infallible>(route::handle(&edge, request, peer_ip).await) }
+    });
+    let result = match tls {
+        None => {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            watcher.watch(connection.into_owned()).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Ok(Err(err)) => {
+                    metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "tls_handshake")
+                        .increment(1);
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    Ok(())
+                }
+                Err(_) => {
+                    metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "tls_timeout")
+                        .increment(1);
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "http").increment(1);
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+    active.decrement(1.0);
+}
