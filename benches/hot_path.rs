@@ -1,1 +1,138 @@
-fn main() {}
+//! The request path without the network: token verification and a whole pixel or
+//! click answer through `route::handle`, including the hand-off to the writer.
+//!
+//! Run: `cargo bench --bench hot_path`. Compare medians against each other, not
+//! against a wall-clock target; the machine is noisy.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use http_body_util::Full;
+use trackedge::config::EventsConfig;
+use trackedge::event::IdGenerator;
+use trackedge::health::Health;
+use trackedge::keys::Keys;
+use trackedge::metrics::RequestMetrics;
+use trackedge::route::{self, Edge};
+use trackedge::{Claims, Kind};
+
+/// The pixel and click futures finish in one poll (no body to read), so polling
+/// once with a no-op waker measures the handler without any runtime overhead.
+fn run_once<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the handler waited on something"),
+    }
+}
+
+fn claims(kind: Kind) -> Claims {
+    Claims {
+        kind,
+        tenant: "acme".into(),
+        campaign: "spring-2026".into(),
+        message: "01J9Z3W6Q8K2M4N6P8R0S2T4V6".into(),
+        recipient: Some("r-8f14e45f".into()),
+        link: 3,
+        target: kind
+            .has_target()
+            .then(|| "https://shop.example.com/spring/sale?utm_source=email".into()),
+        expires_at: None,
+        sent_at: Some(1_795_000_000),
+    }
+}
+
+fn hot_path(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("keys.txt");
+    std::fs::write(&key_file, "1:0123456789abcdef0123456789abcdef\n").expect("key file");
+    let keys = Arc::new(Keys::open(key_file, false).expect("keys"));
+    let ring = keys.ring().clone();
+    let health = Health::new();
+    let (events, writer) = trackedge::spool::start(
+        &EventsConfig {
+            channel_capacity: NonZeroUsize::new(1 << 16).expect("non-zero"),
+            ndjson_path: dir.path().join("events.ndjson"),
+            flush_interval: Duration::from_millis(200),
+        },
+        health.register("writer", Duration::from_secs(3600)),
+    )
+    .expect("writer");
+    let edge = Edge {
+        keys,
+        events,
+        ids: IdGenerator::new(),
+        metrics: RequestMetrics::register(),
+        node: "bench".into(),
+        max_token_bytes: 4096,
+        max_body_bytes: 4096,
+        body_timeout: Duration::from_secs(10),
+        click_fallback: None,
+    };
+    let open_token = trackedge::sign(ring.signing_key(), &claims(Kind::Open)).expect("sign");
+    let click_token = trackedge::sign(ring.signing_key(), &claims(Kind::Click)).expect("sign");
+    let peer: IpAddr = "203.0.113.77".parse().expect("ip");
+    let request = |path: String| {
+        Request::builder()
+            .uri(path)
+            .header("host", "t.example.com")
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+
+    c.bench_function("token/verify_open", |b| {
+        b.iter(|| trackedge::verify(&ring, &open_token, Kind::Open, 1_795_000_000, 4096))
+    });
+    c.bench_function("token/verify_click", |b| {
+        b.iter(|| trackedge::verify(&ring, &click_token, Kind::Click, 1_795_000_000, 4096))
+    });
+    c.bench_function("token/sign_click", |b| {
+        b.iter(|| trackedge::sign(ring.signing_key(), &claims(Kind::Click)))
+    });
+    let open_path = format!("/o/{open_token}.gif");
+    c.bench_function("route/pixel", |b| {
+        b.iter_batched(
+            || request(open_path.clone()),
+            |request| run_once(route::handle(&edge, request, peer)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let click_path = format!("/c/{click_token}");
+    c.bench_function("route/click", |b| {
+        b.iter_batched(
+            || request(click_path.clone()),
+            |request| run_once(route::handle(&edge, request, peer)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("route/pixel_bad_token", |b| {
+        b.iter_batched(
+            || request("/o/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.gif".into()),
+            |request| run_once(route::handle(&edge, request, peer)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    drop(edge);
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(writer.finish());
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

@@ -26,6 +26,7 @@ pub struct Admin {
 /// Serves the admin listener until `shutdown` fires.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Signal) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    metrics::counter!(m::ADMIN_UNAUTHORIZED_TOTAL).absolute(0);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -170,6 +170,9 @@ impl Keys {
             current: ArcSwap::from_pointee(ring),
         };
         keys.publish_ids(None);
+        for result in ["ok", "error"] {
+            metrics::counter!(m::TOKEN_KEY_RELOADS_TOTAL, "result" => result).absolute(0);
+        }
         Ok(keys)
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::route::RouteName;
+use crate::route::{HttpError, RouteName};
 use crate::token::{Kind, TokenError};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "trackedge_http_requests_total";
@@ -231,6 +231,7 @@ struct RouteMetrics {
 pub struct RequestMetrics {
     routes: Vec<RouteMetrics>,
     emitted: [Counter; Kind::ALL.len()],
+    refused: [Counter; HttpError::ALL.len()],
 }
 
 impl RequestMetrics {
@@ -252,7 +253,13 @@ impl RequestMetrics {
             routes,
             emitted: Kind::ALL
                 .map(|kind| metrics::counter!(EVENTS_EMITTED_TOTAL, "kind" => kind.as_str())),
+            refused: HttpError::ALL
+                .map(|error| metrics::counter!(HTTP_ERRORS_TOTAL, "reason" => error.as_str())),
         }
+    }
+
+    pub fn refused(&self, error: HttpError) {
+        self.refused[error.index()].increment(1);
     }
 
     pub fn answered(&self, route: RouteName, status: http::StatusCode, elapsed: Duration) {
@@ -294,6 +301,13 @@ mod tests {
                 kind == MetricKind::Counter,
                 "{name}: counters and only counters end in _total"
             );
+        }
+    }
+
+    #[test]
+    fn http_error_indexes_match_their_list() {
+        for (index, error) in HttpError::ALL.iter().enumerate() {
+            assert_eq!(error.index(), index);
         }
     }
 

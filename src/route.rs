@@ -91,6 +91,14 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    pub const ALL: [HttpError; 5] = [
+        HttpError::NotFound,
+        HttpError::MethodNotAllowed(""),
+        HttpError::BodyTooLarge,
+        HttpError::BodyUnreadable,
+        HttpError::NotOneClick,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HttpError::NotFound => "not_found",
@@ -101,9 +109,17 @@ impl HttpError {
         }
     }
 
+    pub fn index(self) -> usize {
+        match self {
+            HttpError::NotFound => 0,
+            HttpError::MethodNotAllowed(_) => 1,
+            HttpError::BodyTooLarge => 2,
+            HttpError::BodyUnreadable => 3,
+            HttpError::NotOneClick => 4,
+        }
+    }
+
     fn respond(self) -> Response<Body> {
-        metrics::counter!(crate::metrics::HTTP_ERRORS_TOTAL, "reason" => self.as_str())
-            .increment(1);
         match self {
             HttpError::NotFound => response::text(StatusCode::NOT_FOUND, "not found\n"),
             HttpError::MethodNotAllowed(allow) => {
@@ -166,7 +182,10 @@ where
         },
         RouteName::NotFound => Err(HttpError::NotFound),
     };
-    let response = result.unwrap_or_else(HttpError::respond);
+    let response = result.unwrap_or_else(|error| {
+        edge.metrics.refused(error);
+        error.respond()
+    });
     edge.metrics
         .answered(route, response.status(), started.elapsed());
     response

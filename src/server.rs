@@ -29,6 +29,9 @@ use crate::shutdown::{self, Signal};
 use crate::spool;
 use crate::tls::{self, TlsError};
 
+/// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
+const CONNECTION_ERROR_REASONS: [&str; 4] = ["accept", "tls_handshake", "tls_timeout", "http"];
+
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -202,6 +205,11 @@ async fn accept_public(
     shutdown: &mut Signal,
 ) {
     let accepted_total = metrics::counter!(m::HTTP_CONNECTIONS_TOTAL);
+    metrics::gauge!(m::HTTP_CONNECTIONS_ACTIVE).set(0.0);
+    for reason in CONNECTION_ERROR_REASONS {
+        // Registered up front so dashboards see a zero rather than no series.
+        metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => reason).absolute(0);
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

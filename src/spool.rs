@@ -24,6 +24,9 @@ use crate::event::Event;
 use crate::health::Heartbeat;
 use crate::metrics as m;
 
+/// The longest the writer sleeps between looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// Why an event did not reach the writer. `as_str` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -143,7 +146,11 @@ impl WriterTask {
         let mut last_flush = Instant::now();
         let mut dirty = false;
         loop {
-            match self.receiver.recv_timeout(self.flush_interval) {
+            // Wakes at least every STOP_CHECK so a stop or a heartbeat is never late.
+            match self
+                .receiver
+                .recv_timeout(self.flush_interval.min(STOP_CHECK))
+            {
                 Ok(event) => {
                     self.write(&event);
                     dirty = true;

@@ -1,0 +1,251 @@
+//! Graceful shutdown, the command line (check-config, sign), and the metrics API.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{claims, get, request, send, TestServer, BIN};
+use http::Version;
+use trackedge::Kind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_answered_before_sigterm_is_in_the_output() {
+    let mut server = TestServer::start("[events]\nflush_interval_ms = 60000\n");
+    let path = server.path_for(&claims(Kind::Open, "m"));
+    let addr = server.public;
+    // Several connections in parallel, all answered before the signal.
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            for _ in 0..100 {
+                sender.ready().await.unwrap();
+                let response = sender.send_request(request("GET", &path)).await.unwrap();
+                assert_eq!(response.status(), 200, "worker {worker}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The flush interval is a minute: only the shutdown drain can have written them.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
+    assert_eq!(server.events().len(), 800);
+    assert!(server.stderr().contains("shutdown complete"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_off_while_draining_and_liveness_stays() {
+    let server = TestServer::start("");
+    assert_eq!(get(server.admin, "/readyz").await.status(), 200);
+    assert_eq!(server.metric("trackedge_ready").await, 1.0);
+}
+
+#[test]
+fn check_config_names_the_broken_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[public]\naddr = \"not an address\"\n", "public.addr"),
+        ("[public]\nbogus_key = 1\n", "bogus_key"),
+        ("[events]\nchannel_capacity = -1\n", "channel_capacity"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[admin]\naddr = \"0.0.0.0:9090\"\n", "admin.bearer_token"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{text}: {stderr}");
+    }
+    let output = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("config ok"));
+}
+
+#[test]
+fn flags_and_environment_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[public]\naddr = \"127.0.0.1:1111\"\n").unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TRACKEDGE_PUBLIC_ADDR", "127.0.0.1:2222")
+        .env("TRACKEDGE_ADMIN_ADDR", "127.0.0.1:3333")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("public 127.0.0.1:2222") && stdout.contains("admin 127.0.0.1:3333"),
+        "{stdout}"
+    );
+    let output = Command::new(BIN)
+        .args([
+            "check-config",
+            "--public-addr",
+            "127.0.0.1:4444",
+            "--config",
+        ])
+        .arg(&path)
+        .env("TRACKEDGE_PUBLIC_ADDR", "127.0.0.1:2222")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("public 127.0.0.1:4444"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_prints_a_url_the_running_server_answers() {
+    let server = TestServer::start("");
+    let sign = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("sign")
+            .args(args)
+            .args([
+                "--tenant",
+                "acme",
+                "--campaign",
+                "c1",
+                "--message",
+                "m1",
+                "--base-url",
+                &server.base_url(),
+                "--data-dir",
+            ])
+            .arg(&server.dir)
+            .args(["--config", "/dev/null"])
+            .output()
+            .unwrap()
+    };
+    let output = sign(&[
+        "click",
+        "--link",
+        "3",
+        "--target",
+        "https://shop.example/x",
+        "--expires-in",
+        "30d",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let path = url
+        .strip_prefix(&server.base_url())
+        .expect("URL under the base URL");
+    let response = get(server.public, path).await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "https://shop.example/x");
+
+    let output = sign(&["open"]);
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(url.ends_with(".gif"));
+
+    for bad in [
+        &["click", "--target", "javascript:alert(1)"][..],
+        &[
+            "click",
+            "--target",
+            "https://x.example/\r\nLocation: https://evil.example",
+        ],
+        &["click"],
+        &["open", "--target", "https://x.example/"],
+        &["teleport"],
+    ] {
+        let output = sign(bad);
+        assert!(!output.status.success(), "{bad:?} was signed");
+        assert!(!output.stderr.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported() {
+    let server = TestServer::start("");
+    let open = server.path_for(&claims(Kind::Open, "m"));
+    assert_eq!(
+        send(server.public, Version::HTTP_11, request("GET", &open))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(get(server.public, "/c/garbage").await.status(), 404);
+    assert_eq!(get(server.admin, "/readyz").await.status(), 200);
+    // The writer publishes its queue depth and written count within a flush interval.
+    let written = common::eventually(Duration::from_secs(10), || async {
+        server.metric("trackedge_events_written_total").await >= 1.0
+    })
+    .await;
+    assert!(written);
+    let text = server.metrics().await;
+    for &(name, _, _) in trackedge::metrics::ALL {
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(text.contains("trackedge_token_failures_total{route=\"click\",reason=\"malformed\"} 1"));
+    assert!(text.contains("trackedge_http_requests_total{route=\"pixel\",status=\"2xx\"} 1"));
+    assert!(text.contains("trackedge_http_request_duration_seconds_bucket{route=\"pixel\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_bearer_token_is_enforced() {
+    let server = TestServer::start("[admin]\nbearer_token = \"s3cret-token\"\n");
+    let denied = get(server.admin, "/metrics").await;
+    assert_eq!(denied.status(), 401);
+    let wrong = send(
+        server.admin,
+        Version::HTTP_11,
+        http::Request::builder()
+            .uri("/metrics")
+            .header("authorization", "Bearer s3cret-tokex")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
+    let allowed = send(
+        server.admin,
+        Version::HTTP_11,
+        http::Request::builder()
+            .uri("/metrics")
+            .header("authorization", "Bearer s3cret-token")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(allowed.status(), 200);
+    let text = String::from_utf8_lossy(allowed.body()).to_string();
+    assert_eq!(
+        common::metric_value(&text, "trackedge_admin_unauthorized_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(server.admin, "/readyz").await.status(),
+        200,
+        "probes need no token"
+    );
+}
