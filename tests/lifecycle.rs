@@ -43,10 +43,46 @@ async fn every_request_answered_before_sigterm_is_in_the_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_turns_off_while_draining_and_liveness_stays() {
-    let server = TestServer::start("");
+async fn readiness_turns_off_while_draining_and_the_in_flight_request_still_finishes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start("");
     assert_eq!(get(server.admin, "/readyz").await.status(), 200);
     assert_eq!(server.metric("trackedge_ready").await, 1.0);
+
+    // An unsubscribe POST whose body is only half sent keeps a request in flight.
+    let path = server.path_for(&claims(Kind::Unsubscribe, "slow"));
+    let body = b"List-Unsubscribe=One-Click";
+    let mut stream = tokio::net::TcpStream::connect(server.public).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: t.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server.signal("TERM");
+    let unready = common::eventually(Duration::from_secs(5), || async {
+        get(server.admin, "/readyz").await.status() == 503
+    })
+    .await;
+    assert!(unready, "readiness did not turn off while draining");
+    assert_eq!(
+        get(server.admin, "/healthz").await.status(),
+        200,
+        "liveness stays"
+    );
+
+    stream.write_all(&body[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(server.wait(Duration::from_secs(10)).success());
+    assert_eq!(server.events().len(), 1, "the drained request was recorded");
 }
 
 #[test]
