@@ -16,7 +16,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use http_body_util::Full;
-use trackedge::config::EventsConfig;
+use trackedge::config::{Durability, FullPolicy, SpoolConfig};
 use trackedge::event::IdGenerator;
 use trackedge::health::Health;
 use trackedge::keys::Keys;
@@ -60,15 +60,22 @@ fn hot_path(c: &mut Criterion) {
     let keys = Arc::new(Keys::open(key_file, false).expect("keys"));
     let ring = keys.ring().clone();
     let health = Health::new();
-    let (events, writer) = trackedge::spool::start(
-        &EventsConfig {
+    let (events, writer, _spool) = trackedge::spool::start(
+        &SpoolConfig {
+            dir: dir.path().join("spool"),
             channel_capacity: NonZeroUsize::new(1 << 16).expect("non-zero"),
-            ndjson_path: dir.path().join("events.ndjson"),
-            flush_interval: Duration::from_millis(200),
+            max_batch_events: NonZeroUsize::new(1024).expect("non-zero"),
+            max_batch_bytes: 1 << 20,
+            batch_delay: Duration::from_millis(5),
+            durability: Durability::Interval(Duration::from_millis(100)),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            full_policy: FullPolicy::DropOldest,
+            cache_bytes: 64 << 20,
         },
         health.register("writer", Duration::from_secs(3600)),
     )
-    .expect("writer");
+    .expect("spool");
     let edge = Edge {
         keys,
         events,

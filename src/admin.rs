@@ -1,6 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (liveness) and
-//! `/readyz` (readiness). Loopback by default; when a bearer token is configured,
-//! `/metrics` requires it (probes stay open so load balancers need no secret).
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (liveness),
+//! `/readyz` (readiness) and `/admin/spool` (spool and sink state as JSON).
+//! Loopback by default; when a bearer token is configured, everything but the two
+//! probes requires it (load balancers need no secret).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,14 +14,25 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::forward::{ForwardStatus, SinkStatus};
 use crate::health::Health;
 use crate::metrics as m;
 use crate::shutdown::Signal;
+use crate::spool::{Snapshot, Spool};
 
 pub struct Admin {
     pub prometheus: PrometheusHandle,
     pub health: Arc<Health>,
     pub bearer_token: Option<String>,
+    pub spool: Arc<Spool>,
+    pub forward: Arc<ForwardStatus>,
+}
+
+#[derive(serde::Serialize)]
+struct SpoolReport {
+    #[serde(flatten)]
+    spool: Snapshot,
+    sink: SinkStatus,
 }
 
 /// Serves the admin listener until `shutdown` fires.
@@ -65,7 +77,17 @@ fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
             "method not allowed\n".into(),
         );
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    let protected = path == "/metrics" || path.starts_with("/admin/");
+    if protected && !authorized(admin, request) {
+        metrics::counter!(m::ADMIN_UNAUTHORIZED_TOTAL).increment(1);
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match admin.health.check() {
             Ok(()) => {
@@ -80,15 +102,23 @@ fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
                 )
             }
         },
-        "/metrics" => {
-            if !authorized(admin, request) {
-                metrics::counter!(m::ADMIN_UNAUTHORIZED_TOTAL).increment(1);
-                let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
+        "/admin/spool" => {
+            let report = SpoolReport {
+                spool: admin.spool.snapshot(),
+                sink: admin.forward.status(),
+            };
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => {
+                    let mut response = text(StatusCode::OK, json + "\n");
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    response
+                }
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n".into()),
             }
+        }
+        "/metrics" => {
             let mut response = text(StatusCode::OK, admin.prometheus.render());
             response.headers_mut().insert(
                 CONTENT_TYPE,

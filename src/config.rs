@@ -54,7 +54,8 @@ pub struct RawConfig {
     pub public: RawPublic,
     pub admin: RawAdmin,
     pub tokens: RawTokens,
-    pub events: RawEvents,
+    pub spool: RawSpool,
+    pub forward: RawForward,
     pub log: RawLog,
     pub shutdown: RawShutdown,
 }
@@ -97,10 +98,52 @@ pub struct RawTokens {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawEvents {
+pub struct RawSpool {
+    pub dir: String,
     pub channel_capacity: usize,
-    pub ndjson_file: String,
-    pub flush_interval_ms: u64,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub batch_delay_ms: u64,
+    pub durability: String,
+    pub flush_every_ms: u64,
+    pub max_bytes: u64,
+    pub max_age_secs: u64,
+    pub full_policy: String,
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForward {
+    pub sink: String,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub max_in_flight: usize,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub circuit_failures: u32,
+    pub circuit_open_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub http: RawHttpSink,
+    pub file: RawFileSink,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttpSink {
+    pub url: String,
+    pub bearer_token: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub timeout_ms: u64,
+    pub ca_file: String,
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFileSink {
+    pub path: String,
+    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,7 +168,8 @@ impl Default for RawConfig {
             public: RawPublic::default(),
             admin: RawAdmin::default(),
             tokens: RawTokens::default(),
-            events: RawEvents::default(),
+            spool: RawSpool::default(),
+            forward: RawForward::default(),
             log: RawLog::default(),
             shutdown: RawShutdown::default(),
         }
@@ -165,12 +209,60 @@ impl Default for RawTokens {
     }
 }
 
-impl Default for RawEvents {
+impl Default for RawSpool {
     fn default() -> Self {
         Self {
+            dir: "spool".into(),
             channel_capacity: 65_536,
-            ndjson_file: "events.ndjson".into(),
-            flush_interval_ms: 200,
+            max_batch_events: 1024,
+            max_batch_bytes: 1 << 20,
+            batch_delay_ms: 5,
+            durability: "interval".into(),
+            flush_every_ms: 100,
+            max_bytes: 1 << 30,
+            max_age_secs: 7 * 24 * 3600,
+            full_policy: "drop_oldest".into(),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        Self {
+            sink: "file".into(),
+            max_batch_events: 1000,
+            max_batch_bytes: 1 << 20,
+            max_in_flight: 4,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            circuit_failures: 5,
+            circuit_open_ms: 10_000,
+            shutdown_grace_ms: 5000,
+            http: RawHttpSink::default(),
+            file: RawFileSink::default(),
+        }
+    }
+}
+
+impl Default for RawHttpSink {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            bearer_token: String::new(),
+            headers: std::collections::BTreeMap::new(),
+            timeout_ms: 10_000,
+            ca_file: String::new(),
+            gzip: true,
+        }
+    }
+}
+
+impl Default for RawFileSink {
+    fn default() -> Self {
+        Self {
+            path: "events.ndjson".into(),
+            max_file_bytes: 64 << 20,
         }
     }
 }
@@ -202,7 +294,8 @@ pub struct Config {
     pub public: PublicConfig,
     pub admin: AdminConfig,
     pub tokens: TokensConfig,
-    pub events: EventsConfig,
+    pub spool: SpoolConfig,
+    pub forward: ForwardConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -242,10 +335,79 @@ pub struct TokensConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct EventsConfig {
+pub struct SpoolConfig {
+    pub dir: PathBuf,
     pub channel_capacity: NonZeroUsize,
-    pub ndjson_path: PathBuf,
-    pub flush_interval: Duration,
+    pub max_batch_events: NonZeroUsize,
+    pub max_batch_bytes: usize,
+    pub batch_delay: Duration,
+    pub durability: Durability,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub full_policy: FullPolicy,
+    pub cache_bytes: u64,
+}
+
+/// When spooled events become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync at most this long after a write: the crash loss window.
+    Interval(Duration),
+    /// fsync after every batch, before the writer takes the next one.
+    EveryBatch,
+}
+
+/// What happens when the spool reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub sink: SinkConfig,
+    pub max_batch_events: NonZeroUsize,
+    pub max_batch_bytes: usize,
+    pub max_in_flight: NonZeroUsize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub circuit_failures: u32,
+    pub circuit_open: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    None,
+    File(FileSinkConfig),
+    Http(HttpSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::None => "none",
+            SinkConfig::File(_) => "file",
+            SinkConfig::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSinkConfig {
+    pub url: http::Uri,
+    pub bearer_token: Option<String>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,21 +525,8 @@ impl RawConfig {
                     100,
                 )?,
             },
-            events: EventsConfig {
-                channel_capacity: NonZeroUsize::new(self.events.channel_capacity)
-                    .ok_or_else(|| invalid("events.channel_capacity", "must be at least 1"))?,
-                ndjson_path: {
-                    if self.events.ndjson_file.is_empty() {
-                        return Err(invalid("events.ndjson_file", "must not be empty"));
-                    }
-                    PathBuf::from(&self.data_dir).join(&self.events.ndjson_file)
-                },
-                flush_interval: millis(
-                    "events.flush_interval_ms",
-                    self.events.flush_interval_ms,
-                    1,
-                )?,
-            },
+            spool: validate_spool(&self.data_dir, self.spool)?,
+            forward: validate_forward(&self.data_dir, self.forward)?,
             log: LogConfig {
                 format: match self.log.format.as_str() {
                     "text" => LogFormat::Text,
@@ -473,6 +622,150 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
     })
 }
 
+fn validate_spool(data_dir: &str, raw: RawSpool) -> Result<SpoolConfig, ConfigError> {
+    if raw.dir.is_empty() {
+        return Err(invalid("spool.dir", "must not be empty"));
+    }
+    let durability = match raw.durability.as_str() {
+        "interval" => Durability::Interval(millis("spool.flush_every_ms", raw.flush_every_ms, 1)?),
+        "batch" => Durability::EveryBatch,
+        other => {
+            return Err(invalid(
+                "spool.durability",
+                format!("must be \"interval\" or \"batch\", not {other:?}"),
+            ))
+        }
+    };
+    let full_policy = match raw.full_policy.as_str() {
+        "drop_oldest" => FullPolicy::DropOldest,
+        "drop_newest" => FullPolicy::DropNewest,
+        other => {
+            return Err(invalid(
+                "spool.full_policy",
+                format!("must be \"drop_oldest\" or \"drop_newest\", not {other:?}"),
+            ))
+        }
+    };
+    if raw.max_batch_bytes < 1024 {
+        return Err(invalid("spool.max_batch_bytes", "must be at least 1024"));
+    }
+    if raw.max_bytes < 1 << 16 {
+        return Err(invalid("spool.max_bytes", "must be at least 65536"));
+    }
+    if raw.max_age_secs == 0 {
+        return Err(invalid("spool.max_age_secs", "must be at least 1"));
+    }
+    Ok(SpoolConfig {
+        dir: Path::new(data_dir).join(&raw.dir),
+        channel_capacity: NonZeroUsize::new(raw.channel_capacity)
+            .ok_or_else(|| invalid("spool.channel_capacity", "must be at least 1"))?,
+        max_batch_events: NonZeroUsize::new(raw.max_batch_events)
+            .ok_or_else(|| invalid("spool.max_batch_events", "must be at least 1"))?,
+        max_batch_bytes: raw.max_batch_bytes,
+        batch_delay: millis("spool.batch_delay_ms", raw.batch_delay_ms, 0)?,
+        durability,
+        max_bytes: raw.max_bytes,
+        max_age: Duration::from_secs(raw.max_age_secs),
+        full_policy,
+        cache_bytes: raw.cache_bytes.max(1 << 20),
+    })
+}
+
+fn validate_forward(data_dir: &str, raw: RawForward) -> Result<ForwardConfig, ConfigError> {
+    let sink = match raw.sink.as_str() {
+        "none" => SinkConfig::None,
+        "file" => {
+            if raw.file.path.is_empty() {
+                return Err(invalid("forward.file.path", "must not be empty"));
+            }
+            if raw.file.max_file_bytes < 4096 {
+                return Err(invalid(
+                    "forward.file.max_file_bytes",
+                    "must be at least 4096",
+                ));
+            }
+            SinkConfig::File(FileSinkConfig {
+                path: Path::new(data_dir).join(&raw.file.path),
+                max_file_bytes: raw.file.max_file_bytes,
+            })
+        }
+        "http" => SinkConfig::Http(validate_http_sink(raw.http)?),
+        other => {
+            return Err(invalid(
+                "forward.sink",
+                format!("must be \"file\", \"http\" or \"none\", not {other:?}"),
+            ))
+        }
+    };
+    if raw.backoff_max_ms < raw.backoff_initial_ms {
+        return Err(invalid(
+            "forward.backoff_max_ms",
+            "must be at least forward.backoff_initial_ms",
+        ));
+    }
+    Ok(ForwardConfig {
+        sink,
+        max_batch_events: NonZeroUsize::new(raw.max_batch_events)
+            .ok_or_else(|| invalid("forward.max_batch_events", "must be at least 1"))?,
+        max_batch_bytes: raw.max_batch_bytes.max(1),
+        max_in_flight: NonZeroUsize::new(raw.max_in_flight)
+            .ok_or_else(|| invalid("forward.max_in_flight", "must be at least 1"))?,
+        backoff_initial: millis("forward.backoff_initial_ms", raw.backoff_initial_ms, 1)?,
+        backoff_max: millis("forward.backoff_max_ms", raw.backoff_max_ms, 1)?,
+        circuit_failures: raw.circuit_failures.max(1),
+        circuit_open: millis("forward.circuit_open_ms", raw.circuit_open_ms, 1)?,
+        shutdown_grace: millis("forward.shutdown_grace_ms", raw.shutdown_grace_ms, 0)?,
+    })
+}
+
+fn validate_http_sink(raw: RawHttpSink) -> Result<HttpSinkConfig, ConfigError> {
+    let url: http::Uri = raw
+        .url
+        .parse()
+        .map_err(|_| invalid("forward.http.url", format!("{:?} is not a URL", raw.url)))?;
+    match (url.scheme_str(), url.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => {}
+        _ => {
+            return Err(invalid(
+                "forward.http.url",
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host",
+                    raw.url
+                ),
+            ))
+        }
+    }
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (name, value) in raw.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                "forward.http.headers",
+                format!("{name:?} is not a header name"),
+            )
+        })?;
+        let value = http::HeaderValue::from_str(&value).map_err(|_| {
+            invalid(
+                "forward.http.headers",
+                format!("value of {name} is not a valid header value"),
+            )
+        })?;
+        headers.push((name, value));
+    }
+    let bearer_token = non_empty(raw.bearer_token);
+    if let Some(token) = &bearer_token {
+        http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| invalid("forward.http.bearer_token", "must be visible ASCII"))?;
+    }
+    Ok(HttpSinkConfig {
+        url,
+        bearer_token,
+        headers,
+        timeout: millis("forward.http.timeout_ms", raw.timeout_ms, 1)?,
+        ca_file: non_empty(raw.ca_file).map(PathBuf::from),
+        gzip: raw.gzip,
+    })
+}
+
 fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         invalid(
@@ -540,7 +833,7 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = parse("[events]\nchannel_capacity = \"lots\"\n")
+        let err = parse("[spool]\nchannel_capacity = \"lots\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("channel_capacity"), "{err}");
@@ -576,10 +869,29 @@ mod tests {
     }
 
     #[test]
-    fn zero_capacity_is_refused() {
-        let err = parse("[events]\nchannel_capacity = 0\n")
+    fn sinks_are_validated() {
+        let err = parse("[forward]\nsink = \"http\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("events.channel_capacity"), "{err}");
+        assert!(err.contains("forward.http.url"), "{err}");
+        let err = parse("[forward]\nsink = \"s3\"\n").unwrap_err().to_string();
+        assert!(err.contains("forward.sink"), "{err}");
+        let config = parse("[forward]\nsink = \"http\"\n[forward.http]\nurl = \"https://collector.example/ingest\"\nheaders = { x-tenant = \"acme\" }\n").unwrap();
+        let SinkConfig::Http(http) = config.forward.sink else {
+            panic!("http sink expected");
+        };
+        assert_eq!(http.headers.len(), 1);
+        let err = parse("[spool]\nfull_policy = \"panic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spool.full_policy"), "{err}");
+    }
+
+    #[test]
+    fn zero_capacity_is_refused() {
+        let err = parse("[spool]\nchannel_capacity = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spool.channel_capacity"), "{err}");
     }
 }

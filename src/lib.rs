@@ -4,7 +4,9 @@
 //! - [`config`]: TOML -> validated [`config::Config`]; [`shutdown`]: one stop signal.
 //! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`admin`]: metrics and probes.
 //! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
-//! - [`privacy`]: what may be stored; [`event`]: the record; [`spool`]: its hand-off.
+//! - [`privacy`]: what may be stored; [`event`]: the record.
+//! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
+//!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness.
 //!
 //! # The life of a hit
@@ -13,8 +15,10 @@
 //! against the [`keys`] in force ([`token::verify`]), applies [`privacy`] to the
 //! request's facts, builds an [`event::Event`] and queues it with
 //! [`spool::EventSender::send`] (never waiting), then answers a 302 to the signed
-//! target from static parts. The writer thread in [`spool`] appends the event to
-//! disk; nothing on the request path touches disk or network.
+//! target from static parts. The writer thread in [`spool`] commits the event to the
+//! sled log in a group commit; [`forward`] reads it back in order, sends it upstream
+//! in a batch and deletes it once the sink acknowledged. Nothing on the request path
+//! touches disk or network.
 //!
 //! # Minting URLs
 //! Senders embed [`mint_url`] (or run `trackedge sign`):
@@ -41,14 +45,17 @@
 pub mod admin;
 pub mod config;
 pub mod event;
+pub mod forward;
 pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod privacy;
+pub mod record;
 pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod spool;
+pub mod store;
 pub mod tls;
 pub mod token;
 

@@ -27,6 +27,20 @@ pub const TOKEN_KEY_RELOADS_TOTAL: &str = "trackedge_token_key_reloads_total";
 pub const EVENTS_EMITTED_TOTAL: &str = "trackedge_events_emitted_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "trackedge_events_dropped_total";
 pub const EVENTS_WRITTEN_TOTAL: &str = "trackedge_events_written_total";
+pub const SPOOL_EVENTS: &str = "trackedge_spool_events";
+pub const SPOOL_BYTES: &str = "trackedge_spool_bytes";
+pub const SPOOL_DISK_BYTES: &str = "trackedge_spool_disk_bytes";
+pub const SPOOL_OLDEST_AGE_SECONDS: &str = "trackedge_spool_oldest_age_seconds";
+pub const SPOOL_DEAD_LETTERS: &str = "trackedge_spool_dead_letters";
+pub const SPOOL_BATCHES_WRITTEN_TOTAL: &str = "trackedge_spool_batches_written_total";
+pub const SPOOL_FLUSH_DURATION_SECONDS: &str = "trackedge_spool_flush_duration_seconds";
+pub const FORWARD_EVENTS_TOTAL: &str = "trackedge_forward_events_total";
+pub const FORWARD_BATCHES_TOTAL: &str = "trackedge_forward_batches_total";
+pub const FORWARD_RETRIES_TOTAL: &str = "trackedge_forward_retries_total";
+pub const FORWARD_FAILURES_TOTAL: &str = "trackedge_forward_failures_total";
+pub const FORWARD_DEAD_LETTERS_TOTAL: &str = "trackedge_forward_dead_letters_total";
+pub const FORWARD_LATENCY_SECONDS: &str = "trackedge_forward_latency_seconds";
+pub const FORWARD_IN_FLIGHT_BATCHES: &str = "trackedge_forward_in_flight_batches";
 pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
 pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
 pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
@@ -135,6 +149,14 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
     ),
 ];
 
+const FLUSH_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
 const DURATION_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 1.0,
@@ -154,6 +176,16 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .set_buckets_for_metric(
             Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
             DURATION_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Buckets(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(SPOOL_FLUSH_DURATION_SECONDS.into()),
+            FLUSH_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Buckets(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(FORWARD_LATENCY_SECONDS.into()),
+            LATENCY_BUCKETS,
         )
         .map_err(|e| MetricsError::Buckets(e.to_string()))?
         .build_recorder();

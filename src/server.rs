@@ -2,9 +2,10 @@
 //! until the shutdown signal, then drain in order.
 //!
 //! Shutdown order: readiness turns 503 -> the public listener stops accepting ->
-//! in-flight requests finish (bounded by `shutdown.drain_timeout_ms`) -> the event
-//! writer drains the channel, flushes and fsyncs -> the admin listener and the
-//! background tasks stop. Later stages (spool, forwarder) hook their drains in here.
+//! in-flight requests finish (bounded by `shutdown.drain_timeout_ms`) -> the spool
+//! writer drains the channel into sled and fsyncs -> the forwarder delivers what the
+//! spool holds for up to `forward.shutdown_grace_ms` -> the admin listener and the
+//! background tasks stop.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,16 +22,23 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::event::IdGenerator;
+use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
 use crate::keys::{self, KeyFileError, Keys};
 use crate::metrics::{self as m, RequestMetrics};
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
-use crate::spool;
+use crate::spool::{self, SpoolError};
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
 const CONNECTION_ERROR_REASONS: [&str; 4] = ["accept", "tls_handshake", "tls_timeout", "http"];
+
+/// A writer that has not looped for this long is stuck: the edge turns unready.
+const WRITER_DEADLINE: Duration = Duration::from_secs(5);
+/// Likewise for the forwarder's read loop (upstream failures do not count: it
+/// keeps looping while lanes retry).
+const FORWARDER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +54,10 @@ pub enum ServeError {
     Keys(#[from] KeyFileError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot open the event output: {0}")]
-    Events(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     #[error("cannot listen on {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -84,12 +94,16 @@ pub async fn run(
         false => Some(tls::acceptor(&config.public.tls, config.public.http2)?),
     };
     let health = Arc::new(Health::new());
-    let writer_deadline = config.events.flush_interval * 5 + Duration::from_secs(1);
-    let (events, writer) = spool::start(
-        &config.events,
-        health.register("event_writer", writer_deadline),
-    )
-    .map_err(ServeError::Events)?;
+    let (events, writer, spool) = spool::start(
+        &config.spool,
+        health.register("spool_writer", WRITER_DEADLINE),
+    )?;
+    let forwarder = Forwarder::start(
+        &config.forward,
+        spool.clone(),
+        &config.node_id,
+        health.register("forwarder", FORWARDER_DEADLINE),
+    )?;
 
     let public = bind("public", config.public.addr).await?;
     let admin_listener = bind("admin", config.admin.addr).await?;
@@ -122,6 +136,8 @@ pub async fn run(
         prometheus: prometheus.clone(),
         health: health.clone(),
         bearer_token: config.admin.bearer_token.clone(),
+        spool,
+        forward: forwarder.status.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, background.clone()));
     tokio::spawn(keys::watch(
@@ -160,6 +176,11 @@ pub async fn run(
         );
     }
     writer.finish().await;
+    tracing::info!(
+        grace = ?config.forward.shutdown_grace,
+        "spool committed; forwarding what it holds"
+    );
+    forwarder.finish(config.forward.shutdown_grace).await;
     stop_background.fire();
     let _ = admin_task.await;
     tracing::info!("shutdown complete");

@@ -1,49 +1,171 @@
-//! The hand-off from the request path to storage, and the interim NDJSON writer.
+//! The durable spool: requests hand events over here, a writer thread commits them to
+//! the [`Store`] in group commits, and the forwarder takes them from there.
 //!
 //! Requests push [`Event`]s into a bounded channel with [`EventSender::send`], which
-//! never waits: a full channel drops the event and counts it. A dedicated writer
-//! thread (disk I/O never runs on the async workers) appends one JSON line per event
-//! to `<data_dir>/<events.ndjson_file>`, flushes at least every `flush_interval`, and
-//! on [`Writer::finish`] drains whatever is queued, flushes and fsyncs.
+//! never waits: a full channel drops the event and counts it. The writer thread (disk
+//! I/O never runs on the async workers) gathers a batch — up to `max_batch_events`
+//! events or `max_batch_bytes`, or whatever arrived within `batch_delay` of the
+//! first — encodes it ([`crate::record`]), numbers it and appends it atomically.
 //!
-//! Loss window until the sled spool lands: zero on a graceful stop; on a crash, what
-//! was queued or written but not yet flushed (at most one flush interval).
+//! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
+//! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
+//! therefore bounded by `batch_delay + flush_every` (plus what was queued in the
+//! channel if the writer had fallen behind); on a graceful stop [`Writer::finish`]
+//! drains the channel, commits and fsyncs, so nothing is lost.
+//!
+//! Bounds: past `max_bytes` of records the full policy drops the oldest records or
+//! refuses the newest; records older than `max_age` are dropped. Every drop is counted
+//! in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::Counter;
+use metrics::{Counter, Histogram};
 
-use crate::config::EventsConfig;
-use crate::event::Event;
+use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::event::{now_ms, Event};
 use crate::health::Heartbeat;
 use crate::metrics as m;
+use crate::record;
+use crate::store::{Seq, Store, StoreError};
 
-/// The longest the writer sleeps between looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
+/// The longest the writer sleeps between looks at the stop flag and the clock.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+/// How often age bounds and gauges are refreshed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Records removed per step when enforcing a bound.
+const EVICT_STEP: usize = 512;
 
-/// Why an event did not reach the writer. `as_str` is the metric label.
+/// Why an event was not kept. `as_str` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     ChannelFull,
     WriterStopped,
+    SpoolFull,
+    TooOld,
+    WriteFailed,
 }
 
 impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::ChannelFull,
+        DropReason::WriterStopped,
+        DropReason::SpoolFull,
+        DropReason::TooOld,
+        DropReason::WriteFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::ChannelFull => "channel_full",
             DropReason::WriterStopped => "writer_stopped",
+            DropReason::SpoolFull => "spool_full",
+            DropReason::TooOld => "too_old",
+            DropReason::WriteFailed => "write_failed",
         }
+    }
+
+    fn counter(self) -> Counter {
+        metrics::counter!(m::EVENTS_DROPPED_TOTAL, "reason" => self.as_str())
     }
 }
 
-/// The request path's end of the channel. Cheap to share behind an `Arc`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot open the spool in {dir}: {source}")]
+    Open {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot start the spool writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the spool holds, kept in memory so the request path, the forwarder and the
+/// admin API never scan the store to know it.
+#[derive(Debug, Default)]
+pub struct Counts {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    dead_letters: AtomicU64,
+}
+
+/// A point-in-time view for `/admin/spool` and the gauges.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub events: u64,
+    pub bytes: u64,
+    pub disk_bytes: u64,
+    pub oldest_age_seconds: f64,
+    pub dead_letters: u64,
+}
+
+/// The shared spool: the store, its counts, and the wake-up for the forwarder.
+pub struct Spool {
+    pub store: Store,
+    counts: Counts,
+    appended: tokio::sync::Notify,
+}
+
+impl Spool {
+    /// Resolves when new records were appended since the last call.
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
+    /// Records that left the store (acknowledged, evicted, erased).
+    pub fn note_removed(&self, records: u64, bytes: u64) {
+        self.counts.records.fetch_sub(records, Ordering::Relaxed);
+        self.counts.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Records moved to the dead-letter tree.
+    pub fn note_dead_lettered(&self, records: u64, bytes: u64) {
+        self.note_removed(records, bytes);
+        self.counts
+            .dead_letters
+            .fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Dead letters removed (erasure, retention).
+    pub fn note_dead_letters_removed(&self, records: u64) {
+        self.counts
+            .dead_letters
+            .fetch_sub(records, Ordering::Relaxed);
+    }
+
+    pub fn records(&self) -> u64 {
+        self.counts.records.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let oldest_age_seconds = match self.store.first() {
+            Ok(Some((_, bytes))) => record::decode(&bytes)
+                .map_or(0.0, |r| now_ms().saturating_sub(r.ts_ms) as f64 / 1000.0),
+            _ => 0.0,
+        };
+        Snapshot {
+            events: self.records(),
+            bytes: self.counts.bytes.load(Ordering::Relaxed),
+            disk_bytes: self.store.size_on_disk(),
+            oldest_age_seconds,
+            dead_letters: self.counts.dead_letters.load(Ordering::Relaxed),
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let snapshot = self.snapshot();
+        metrics::gauge!(m::SPOOL_EVENTS).set(snapshot.events as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(snapshot.bytes as f64);
+        metrics::gauge!(m::SPOOL_DISK_BYTES).set(snapshot.disk_bytes as f64);
+        metrics::gauge!(m::SPOOL_OLDEST_AGE_SECONDS).set(snapshot.oldest_age_seconds);
+        metrics::gauge!(m::SPOOL_DEAD_LETTERS).set(snapshot.dead_letters as f64);
+    }
+}
+
+/// The request path's end of the channel.
 pub struct EventSender {
     channel: SyncSender<Event>,
     depth: Arc<AtomicUsize>,
@@ -79,140 +201,356 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Drains what is queued, flushes and fsyncs, then returns.
+    /// Drains what is queued into the store, fsyncs, then returns.
     pub async fn finish(self) {
         self.stop.store(true, Ordering::Release);
         let thread = self.thread;
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
         if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("event writer thread panicked; queued events may be lost");
+            tracing::error!("spool writer thread panicked; queued events may be lost");
         }
     }
 }
 
-/// Opens the output file and starts the writer thread.
+/// Opens the store and starts the writer thread.
 pub fn start(
-    config: &EventsConfig,
+    config: &SpoolConfig,
     heartbeat: Heartbeat,
-) -> std::io::Result<(EventSender, Writer)> {
-    if let Some(dir) = config.ndjson_path.parent() {
-        std::fs::create_dir_all(dir)?;
+) -> Result<(EventSender, Writer, Arc<Spool>), SpoolError> {
+    let open_err = |source| SpoolError::Open {
+        dir: config.dir.clone(),
+        source,
+    };
+    let store = Store::open(&config.dir, config.cache_bytes).map_err(open_err)?;
+    let totals = store.totals().map_err(open_err)?;
+    let next_seq = store.next_seq().map_err(open_err)?;
+    if totals.records > 0 {
+        tracing::info!(
+            events = totals.records,
+            bytes = totals.bytes,
+            "spool holds events from an earlier run; they will be forwarded"
+        );
     }
-    let file = open_append(&config.ndjson_path)?;
+    let spool = Arc::new(Spool {
+        store,
+        counts: Counts {
+            records: AtomicU64::new(totals.records),
+            bytes: AtomicU64::new(totals.bytes),
+            dead_letters: AtomicU64::new(totals.dead_records),
+        },
+        appended: tokio::sync::Notify::new(),
+    });
     let (channel, receiver) = sync_channel(config.channel_capacity.get());
     let depth = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let dropped = DropReason::ALL.map(DropReason::counter);
     let task = WriterTask {
         receiver,
-        out: BufWriter::with_capacity(64 * 1024, file),
+        spool: spool.clone(),
+        config: config.clone(),
         depth: depth.clone(),
         stop: stop.clone(),
-        flush_interval: config.flush_interval,
         heartbeat,
+        next_seq,
+        unflushed_since: None,
+        last_housekeeping: Instant::now(),
         written: metrics::counter!(m::EVENTS_WRITTEN_TOTAL),
+        batches: metrics::counter!(m::SPOOL_BATCHES_WRITTEN_TOTAL),
         write_errors: metrics::counter!(m::EVENTS_WRITE_ERRORS_TOTAL),
-        last_error_log: None,
+        flush_seconds: metrics::histogram!(m::SPOOL_FLUSH_DURATION_SECONDS),
+        dropped: dropped.clone(),
+        drop_log: RateLimitedLog::default(),
     };
+    spool.publish_gauges();
+    metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
     let thread = std::thread::Builder::new()
-        .name("event-writer".into())
-        .spawn(move || task.run())?;
+        .name("spool-writer".into())
+        .spawn(move || task.run())
+        .map_err(SpoolError::Thread)?;
+    let [dropped_full, dropped_stopped, ..] = dropped;
     let sender = EventSender {
         channel,
         depth,
-        dropped_full: metrics::counter!(m::EVENTS_DROPPED_TOTAL, "reason" => DropReason::ChannelFull.as_str()),
-        dropped_stopped: metrics::counter!(m::EVENTS_DROPPED_TOTAL, "reason" => DropReason::WriterStopped.as_str()),
+        dropped_full,
+        dropped_stopped,
     };
-    Ok((sender, Writer { stop, thread }))
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    Ok((sender, Writer { stop, thread }, spool))
 }
 
 struct WriterTask {
     receiver: Receiver<Event>,
-    out: BufWriter<File>,
+    spool: Arc<Spool>,
+    config: SpoolConfig,
     depth: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    flush_interval: Duration,
     heartbeat: Heartbeat,
+    next_seq: Seq,
+    unflushed_since: Option<Instant>,
+    last_housekeeping: Instant,
     written: Counter,
+    batches: Counter,
     write_errors: Counter,
-    last_error_log: Option<Instant>,
+    flush_seconds: Histogram,
+    dropped: [Counter; DropReason::ALL.len()],
+    drop_log: RateLimitedLog,
 }
 
 impl WriterTask {
     fn run(mut self) {
-        let mut last_flush = Instant::now();
-        let mut dirty = false;
         loop {
-            // Wakes at least every STOP_CHECK so a stop or a heartbeat is never late.
-            match self
-                .receiver
-                .recv_timeout(self.flush_interval.min(STOP_CHECK))
-            {
-                Ok(event) => {
-                    self.write(&event);
-                    dirty = true;
-                    while let Ok(event) = self.receiver.try_recv() {
-                        self.write(&event);
-                    }
+            match self.receiver.recv_timeout(self.wait()) {
+                Ok(first) => {
+                    let batch = self.gather(first);
+                    self.commit(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.heartbeat.beat();
-            metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(self.depth.load(Ordering::Relaxed) as f64);
+            self.flush_if_due();
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                self.housekeeping();
+            }
             if self.stop.load(Ordering::Acquire) {
-                while let Ok(event) = self.receiver.try_recv() {
-                    self.write(&event);
-                }
                 break;
             }
-            if dirty && last_flush.elapsed() >= self.flush_interval {
-                self.flush(false);
-                dirty = false;
-                last_flush = Instant::now();
-            }
         }
-        self.flush(true);
+        // Whatever is still queued was answered: it goes to disk before we exit.
+        while let Ok(first) = self.receiver.try_recv() {
+            let batch = self.gather(first);
+            self.commit(batch);
+        }
+        self.flush();
+        self.spool.publish_gauges();
         metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
     }
 
-    fn write(&mut self, event: &Event) {
-        self.depth.fetch_sub(1, Ordering::Relaxed);
-        let result = serde_json::to_writer(&mut self.out, event)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"));
-        match result {
-            Ok(()) => self.written.increment(1),
-            Err(err) => self.failed("write", &err),
-        }
-    }
-
-    fn flush(&mut self, sync: bool) {
-        let result = self.out.flush().and_then(|()| {
-            if sync {
-                self.out.get_ref().sync_data()
-            } else {
-                Ok(())
+    /// How long to block for the next event: short enough to flush in time.
+    fn wait(&self) -> Duration {
+        match (self.unflushed_since, self.config.durability) {
+            (Some(since), Durability::Interval(every)) => {
+                every.saturating_sub(since.elapsed()).min(STOP_CHECK)
             }
-        });
-        if let Err(err) = result {
-            self.failed("flush", &err);
+            _ => STOP_CHECK,
         }
     }
 
-    fn failed(&mut self, what: &'static str, err: &std::io::Error) {
-        self.write_errors.increment(1);
-        // One line per 10 s at most: a full disk fails every event.
-        let quiet = self
-            .last_error_log
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(10));
-        if !quiet {
-            self.last_error_log = Some(Instant::now());
-            tracing::error!(error = %err, what, "event output failed; events are being lost");
+    fn gather(&mut self, first: Event) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + self.config.batch_delay;
+        let mut records = Vec::with_capacity(64);
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            match record::encode(&event) {
+                Ok(encoded) => {
+                    bytes += encoded.len();
+                    records.push(encoded);
+                }
+                Err(err) => {
+                    self.failed(&err, 1);
+                    self.dropped(DropReason::WriteFailed, 1);
+                }
+            }
+            if records.len() >= self.config.max_batch_events.get()
+                || bytes >= self.config.max_batch_bytes
+            {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            next = if left.is_zero() {
+                self.receiver.try_recv().ok()
+            } else {
+                self.receiver.recv_timeout(left).ok()
+            };
         }
+        records
+    }
+
+    fn commit(&mut self, mut records: Vec<Vec<u8>>) {
+        let incoming: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let held = self.spool.counts.bytes.load(Ordering::Relaxed);
+        let excess = (held + incoming).saturating_sub(self.config.max_bytes);
+        if excess > 0 {
+            match self.config.full_policy {
+                FullPolicy::DropNewest => {
+                    let mut refused = 0;
+                    let mut freed = 0;
+                    while freed < excess {
+                        let Some(record) = records.pop() else { break };
+                        freed += record.len() as u64;
+                        refused += 1;
+                    }
+                    self.dropped(DropReason::SpoolFull, refused);
+                }
+                FullPolicy::DropOldest => self.evict_oldest(excess),
+            }
+        }
+        if records.is_empty() {
+            return;
+        }
+        let count = records.len() as u64;
+        let numbered: Vec<(Seq, Vec<u8>)> = records
+            .into_iter()
+            .map(|record| {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                (seq, record)
+            })
+            .collect();
+        let bytes: u64 = numbered.iter().map(|(_, r)| r.len() as u64).sum();
+        match self.spool.store.append(&numbered) {
+            Ok(()) => {
+                self.spool
+                    .counts
+                    .records
+                    .fetch_add(count, Ordering::Relaxed);
+                self.spool.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.written.increment(count);
+                self.batches.increment(1);
+                self.unflushed_since.get_or_insert_with(Instant::now);
+                if self.config.durability == Durability::EveryBatch {
+                    self.flush();
+                }
+                self.spool.appended.notify_one();
+            }
+            Err(err) => {
+                self.failed(&err, count);
+                self.dropped(DropReason::WriteFailed, count);
+            }
+        }
+    }
+
+    /// Removes the oldest records until at least `bytes` are freed.
+    fn evict_oldest(&mut self, bytes: u64) {
+        let mut freed = 0;
+        while freed < bytes {
+            let oldest = match self.spool.store.read_from(0, EVICT_STEP, usize::MAX) {
+                Ok(oldest) if !oldest.is_empty() => oldest,
+                Ok(_) => return,
+                Err(err) => return self.failed(&err, 0),
+            };
+            let mut seqs = Vec::with_capacity(oldest.len());
+            for (seq, record) in &oldest {
+                seqs.push(*seq);
+                freed += record.len() as u64;
+                if freed >= bytes {
+                    break;
+                }
+            }
+            match self.spool.store.remove(&seqs) {
+                Ok((records, removed)) => {
+                    self.spool.note_removed(records, removed);
+                    self.dropped(DropReason::SpoolFull, records);
+                }
+                Err(err) => return self.failed(&err, 0),
+            }
+        }
+    }
+
+    /// Drops records older than `max_age` and refreshes the gauges.
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Instant::now();
+        let cutoff = now_ms().saturating_sub(self.config.max_age.as_millis() as u64);
+        loop {
+            let oldest = match self.spool.store.read_from(0, EVICT_STEP, usize::MAX) {
+                Ok(oldest) => oldest,
+                Err(err) => {
+                    self.failed(&err, 0);
+                    break;
+                }
+            };
+            let expired: Vec<Seq> = oldest
+                .iter()
+                .take_while(|(_, bytes)| record::decode(bytes).is_ok_and(|r| r.ts_ms < cutoff))
+                .map(|(seq, _)| *seq)
+                .collect();
+            if expired.is_empty() {
+                break;
+            }
+            match self.spool.store.remove(&expired) {
+                Ok((records, bytes)) => {
+                    self.spool.note_removed(records, bytes);
+                    self.dropped(DropReason::TooOld, records);
+                }
+                Err(err) => {
+                    self.failed(&err, 0);
+                    break;
+                }
+            }
+            if expired.len() < oldest.len() {
+                break;
+            }
+        }
+        self.spool.publish_gauges();
+        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(self.depth.load(Ordering::Relaxed) as f64);
+    }
+
+    fn flush_if_due(&mut self) {
+        if let (Some(since), Durability::Interval(every)) =
+            (self.unflushed_since, self.config.durability)
+        {
+            if since.elapsed() >= every {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.unflushed_since.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        match self.spool.store.flush() {
+            Ok(()) => {
+                self.flush_seconds.record(started.elapsed().as_secs_f64());
+                self.unflushed_since = None;
+            }
+            Err(err) => self.failed(&err, 0),
+        }
+    }
+
+    fn dropped(&mut self, reason: DropReason, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let index = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.dropped[index].increment(count);
+        if let Some(total) = self.drop_log.add(count) {
+            tracing::warn!(
+                reason = reason.as_str(),
+                dropped = total,
+                "spool bound reached: events dropped"
+            );
+        }
+    }
+
+    fn failed(&mut self, err: &dyn std::fmt::Display, events: u64) {
+        self.write_errors.increment(1);
+        tracing::error!(error = %err, events, "spool write failed; events may be lost");
+    }
+}
+
+/// Logs at most once per interval, reporting how many happened in between.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLimitedLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn add(&mut self, count: u64) -> Option<u64> {
+        self.pending += count;
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.pending))
     }
 }
 
@@ -223,12 +561,13 @@ mod tests {
     use crate::health::Health;
     use crate::token::Kind;
     use std::num::NonZeroUsize;
+    use std::path::Path;
 
-    fn event(n: u128) -> Event {
+    fn event(n: u128, ts: u64) -> Event {
         Event {
             v: SCHEMA_VERSION,
             id: EventId(n),
-            ts: 1,
+            ts,
             kind: Kind::Open,
             tenant: "t".into(),
             campaign: "c".into(),
@@ -245,39 +584,127 @@ mod tests {
         }
     }
 
-    fn config(dir: &Path, capacity: usize) -> EventsConfig {
-        EventsConfig {
-            channel_capacity: NonZeroUsize::new(capacity).unwrap(),
-            ndjson_path: dir.join("out/events.ndjson"),
-            flush_interval: Duration::from_millis(20),
+    fn config(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.join("spool"),
+            channel_capacity: NonZeroUsize::new(10_000).unwrap(),
+            max_batch_events: NonZeroUsize::new(100).unwrap(),
+            max_batch_bytes: 1 << 20,
+            batch_delay: Duration::from_millis(1),
+            durability: Durability::Interval(Duration::from_millis(20)),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            full_policy: FullPolicy::DropOldest,
+            cache_bytes: 8 << 20,
         }
     }
 
-    #[tokio::test]
-    async fn finish_writes_every_queued_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1000);
+    async fn run(config: &SpoolConfig, events: impl IntoIterator<Item = Event>) -> Arc<Spool> {
         let health = Health::new();
-        let (sender, writer) =
-            start(&config, health.register("w", Duration::from_secs(5))).unwrap();
-        for n in 0..500 {
-            sender.send(event(n)).unwrap();
+        let (sender, writer, spool) =
+            start(config, health.register("w", Duration::from_secs(5))).unwrap();
+        for event in events {
+            sender.send(event).unwrap();
         }
         writer.finish().await;
-        let text = std::fs::read_to_string(&config.ndjson_path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 500);
-        assert_eq!(lines[499]["message"], "m499");
-        assert_eq!(sender.send(event(1)), Err(DropReason::WriterStopped));
+        assert_eq!(sender.send(event(0, 0)), Err(DropReason::WriterStopped));
+        spool
     }
 
     #[tokio::test]
-    async fn a_full_channel_drops_instead_of_waiting() {
+    async fn finish_commits_every_queued_event_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1);
+        let config = config(dir.path());
+        let now = now_ms();
+        let spool = run(&config, (0..1000).map(|n| event(n, now))).await;
+        assert_eq!(spool.records(), 1000);
+        let records = spool.store.read_from(0, 2000, usize::MAX).unwrap();
+        let messages: Vec<String> = records
+            .iter()
+            .map(|(_, bytes)| {
+                let json: serde_json::Value =
+                    serde_json::from_slice(record::decode(bytes).unwrap().json).unwrap();
+                json["message"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(messages.len(), 1000);
+        assert_eq!(messages[0], "m0");
+        assert_eq!(messages[999], "m999");
+        drop(spool);
+        // Reopened, the numbering continues after the last record.
+        let spool = run(&config, [event(5000, now)]).await;
+        assert_eq!(spool.records(), 1001);
+        let (last, _) = spool.store.read_from(1000, 10, usize::MAX).unwrap()[0].clone();
+        assert_eq!(last, 1000);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_refuses_what_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.full_policy = FullPolicy::DropNewest;
+        let one = record::encode(&event(1, now_ms())).unwrap().len() as u64;
+        config.max_bytes = one * 10 + one / 2;
+        let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
+        assert_eq!(spool.records(), 10);
+        let kept = spool.store.read_from(0, 100, usize::MAX).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_slice(record::decode(&kept[0].1).unwrap().json).unwrap();
+        assert_eq!(first["message"], "m0", "the oldest are kept");
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_newest_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        let one = record::encode(&event(1, now_ms())).unwrap().len() as u64;
+        config.max_bytes = one * 10 + one / 2;
+        config.max_batch_events = NonZeroUsize::new(1).unwrap();
+        let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
+        assert_eq!(spool.records(), 10);
+        assert!(spool.snapshot().bytes <= config.max_bytes);
+        let kept = spool.store.read_from(0, 100, usize::MAX).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_slice(record::decode(&kept[0].1).unwrap().json).unwrap();
+        assert_eq!(first["message"], "m15", "the newest are kept");
+    }
+
+    #[tokio::test]
+    async fn events_older_than_max_age_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.max_age = Duration::from_secs(60);
+        let now = now_ms();
+        let health = Health::new();
+        let (sender, writer, spool) =
+            start(&config, health.register("w", Duration::from_secs(5))).unwrap();
+        for n in 0..5 {
+            sender.send(event(n, now - 3_600_000)).unwrap();
+        }
+        for n in 5..8 {
+            sender.send(event(n, now)).unwrap();
+        }
+        // Housekeeping runs once a second; wait for it (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spool.records() != 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        writer.finish().await;
+        assert_eq!(spool.records(), 3);
+    }
+
+    #[test]
+    fn rate_limited_log_reports_the_count_in_between() {
+        let mut log = RateLimitedLog::default();
+        assert_eq!(log.add(3), Some(3));
+        assert_eq!(log.add(2), None);
+        assert_eq!(log.add(4), None);
+        log.last = Some(Instant::now() - Duration::from_secs(11));
+        assert_eq!(log.add(1), Some(7));
+    }
+
+    #[test]
+    fn a_full_channel_drops_instead_of_waiting() {
         let (channel, _receiver) = sync_channel(1);
         let sender = EventSender {
             channel,
@@ -285,9 +712,8 @@ mod tests {
             dropped_full: Counter::noop(),
             dropped_stopped: Counter::noop(),
         };
-        assert_eq!(sender.send(event(1)), Ok(()));
-        assert_eq!(sender.send(event(2)), Err(DropReason::ChannelFull));
+        assert_eq!(sender.send(event(1, 0)), Ok(()));
+        assert_eq!(sender.send(event(2, 0)), Err(DropReason::ChannelFull));
         assert_eq!(sender.depth.load(Ordering::Relaxed), 1);
-        drop(config);
     }
 }

@@ -11,7 +11,8 @@ use trackedge::Kind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_answered_before_sigterm_is_in_the_output() {
-    let mut server = TestServer::start("[events]\nflush_interval_ms = 60000\n");
+    let mut server =
+        TestServer::start("[spool]\nflush_every_ms = 60000\n[forward]\nsink = \"none\"\n");
     let path = server.path_for(&claims(Kind::Open, "m"));
     let addr = server.public;
     // Several connections in parallel, all answered before the signal.
@@ -35,11 +36,13 @@ async fn every_request_answered_before_sigterm_is_in_the_output() {
     for task in tasks {
         task.await.unwrap();
     }
-    // The flush interval is a minute: only the shutdown drain can have written them.
+    // The fsync interval is a minute and nothing forwards: only the shutdown drain
+    // can have committed them, and they must all be in the spool after the exit.
     let status = server.terminate();
     assert!(status.success(), "{status:?}\n{}", server.stderr());
-    assert_eq!(server.events().len(), 800);
     assert!(server.stderr().contains("shutdown complete"));
+    let store = trackedge::store::Store::open(&server.dir.join("spool"), 1 << 20).unwrap();
+    assert_eq!(store.totals().unwrap().records, 800);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +94,7 @@ fn check_config_names_the_broken_key() {
     for (text, key) in [
         ("[public]\naddr = \"not an address\"\n", "public.addr"),
         ("[public]\nbogus_key = 1\n", "bogus_key"),
-        ("[events]\nchannel_capacity = -1\n", "channel_capacity"),
+        ("[spool]\nchannel_capacity = -1\n", "channel_capacity"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[admin]\naddr = \"0.0.0.0:9090\"\n", "admin.bearer_token"),
     ] {

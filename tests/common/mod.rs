@@ -139,12 +139,9 @@ impl TestServer {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    /// Every event written so far, parsed.
+    /// Every event the default `file` sink delivered so far, oldest file first.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join("events.ndjson")).unwrap_or_default();
-        text.lines()
-            .map(|line| serde_json::from_str(line).expect("event is JSON"))
-            .collect()
+        file_sink_events(&self.dir)
     }
 
     /// The admin `/metrics` text.
@@ -167,6 +164,36 @@ impl Drop for TestServer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The events in `events.ndjson` and its rotated `events-<ms>-<n>.ndjson` files.
+pub fn file_sink_events(dir: &Path) -> Vec<serde_json::Value> {
+    let mut rotated: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let path = entry.ok()?.path();
+                    let name = path.file_name()?.to_str()?.to_owned();
+                    let stamp = name.strip_prefix("events-")?.strip_suffix(".ndjson")?;
+                    let (ms, n) = stamp.split_once('-')?;
+                    Some((ms.parse().ok()?, n.parse().ok()?, path))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, _, path)| path).collect();
+    files.push(dir.join("events.ndjson"));
+    files
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("event is JSON"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {

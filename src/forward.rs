@@ -1,0 +1,449 @@
+//! The forwarder: reads the spool in order, batches, sends through one [`Sink`], and
+//! deletes a batch from the spool only after the sink acknowledged it.
+//!
+//! Up to `max_in_flight` batches are out at once, each in its own lane that retries
+//! with capped exponential backoff and full jitter until the batch is delivered or
+//! rejected; a shared [`Circuit`] pauses every lane while the upstream keeps failing.
+//! Rejected batches go to the dead-letter tree, counted, never silently dropped.
+//! Delivery is at least once: a crash or a stop between the send and the delete sends
+//! the batch again after the restart, so receivers de-duplicate on the event `id`.
+//!
+//! Encoding happens here, once per batch (NDJSON, and gzip when the sink wants it);
+//! sinks only carry bytes.
+
+mod file;
+mod http;
+pub mod retry;
+
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use metrics::{Counter, Histogram};
+use tokio::task::JoinSet;
+
+use crate::config::{ForwardConfig, SinkConfig};
+use crate::event::now_ms;
+use crate::health::Heartbeat;
+use crate::metrics as m;
+use crate::record;
+use crate::shutdown::{self, Signal, Trigger};
+use crate::spool::Spool;
+use crate::store::Seq;
+pub use retry::Outcome;
+use retry::{backoff, Circuit, Permit, FAILURE_REASONS};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where batches go. Implementations only move bytes.
+pub trait Sink: Send + Sync + 'static {
+    /// Whether [`Batch::gzip`] should be filled for this sink.
+    fn wants_gzip(&self) -> bool {
+        false
+    }
+
+    fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome>;
+}
+
+/// One batch of spooled records, encoded for the sinks.
+pub struct Batch {
+    /// Stable across retries of this batch: `<node>-<first seq>-<last seq>`.
+    pub id: String,
+    pub seqs: Vec<Seq>,
+    /// Event times (unix ms), for the forward latency metric.
+    pub event_ts: Vec<u64>,
+    /// One JSON event per line.
+    pub ndjson: Bytes,
+    pub gzip: Option<Bytes>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot open the file sink: {0}")]
+    File(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] http::HttpSinkError),
+}
+
+/// What `/admin/spool` shows about the sink.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkStatus {
+    pub kind: &'static str,
+    /// `idle`, `sending`, `retrying`, `circuit_open` or `disabled`.
+    pub state: &'static str,
+    pub in_flight_batches: usize,
+    pub consecutive_failures: u32,
+    pub last_error: Option<&'static str>,
+}
+
+/// Shared state the admin API reads.
+pub struct ForwardStatus {
+    kind: &'static str,
+    enabled: bool,
+    in_flight: AtomicUsize,
+    circuit: Mutex<Circuit>,
+    last_error: Mutex<Option<&'static str>>,
+}
+
+impl ForwardStatus {
+    pub fn status(&self) -> SinkStatus {
+        let circuit = self.circuit.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let failures = circuit.consecutive_failures();
+        let state = if !self.enabled {
+            "disabled"
+        } else if circuit.is_open(Instant::now()) {
+            "circuit_open"
+        } else if failures > 0 {
+            "retrying"
+        } else if in_flight > 0 {
+            "sending"
+        } else {
+            "idle"
+        };
+        SinkStatus {
+            kind: self.kind,
+            state,
+            in_flight_batches: in_flight,
+            consecutive_failures: failures,
+            last_error: *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+/// The running forwarder.
+pub struct Forwarder {
+    pub status: Arc<ForwardStatus>,
+    task: Option<(tokio::task::JoinHandle<()>, Trigger)>,
+}
+
+impl Forwarder {
+    /// Starts forwarding from `spool` to the configured sink (`none`: nothing runs).
+    pub fn start(
+        config: &ForwardConfig,
+        spool: Arc<Spool>,
+        node: &str,
+        heartbeat: Heartbeat,
+    ) -> Result<Forwarder, ForwardError> {
+        let sink: Option<Arc<dyn Sink>> = match &config.sink {
+            SinkConfig::None => None,
+            SinkConfig::File(file) => Some(Arc::new(
+                file::FileSink::open(file).map_err(ForwardError::File)?,
+            )),
+            SinkConfig::Http(http) => Some(Arc::new(http::HttpSink::new(http)?)),
+        };
+        let status = Arc::new(ForwardStatus {
+            kind: config.sink.name(),
+            enabled: sink.is_some(),
+            in_flight: AtomicUsize::new(0),
+            circuit: Mutex::new(Circuit::new(config.circuit_failures, config.circuit_open)),
+            last_error: Mutex::new(None),
+        });
+        for reason in FAILURE_REASONS {
+            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).absolute(0);
+        }
+        let Some(sink) = sink else {
+            return Ok(Forwarder { status, task: None });
+        };
+        let (finish, finishing) = shutdown::channel();
+        let pipeline = Arc::new(Pipeline {
+            sink,
+            spool,
+            status: status.clone(),
+            node: node.to_owned(),
+            config: config.clone(),
+            delivered_events: metrics::counter!(m::FORWARD_EVENTS_TOTAL),
+            delivered_batches: metrics::counter!(m::FORWARD_BATCHES_TOTAL),
+            retries: metrics::counter!(m::FORWARD_RETRIES_TOTAL),
+            dead_lettered: metrics::counter!(m::FORWARD_DEAD_LETTERS_TOTAL),
+            latency: metrics::histogram!(m::FORWARD_LATENCY_SECONDS),
+        });
+        let task = tokio::spawn(run(pipeline, heartbeat, finishing));
+        Ok(Forwarder {
+            status,
+            task: Some((task, finish)),
+        })
+    }
+
+    /// Delivers what the spool holds for up to `grace`, then stops; what is left
+    /// stays in the spool for the next start.
+    pub async fn finish(mut self, grace: Duration) {
+        let Some((mut task, finish)) = self.task.take() else {
+            return;
+        };
+        finish.fire();
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+            tracing::warn!(
+                ?grace,
+                "forwarder grace period over; undelivered events stay in the spool"
+            );
+        }
+    }
+}
+
+struct Pipeline {
+    sink: Arc<dyn Sink>,
+    spool: Arc<Spool>,
+    status: Arc<ForwardStatus>,
+    node: String,
+    config: ForwardConfig,
+    delivered_events: Counter,
+    delivered_batches: Counter,
+    retries: Counter,
+    dead_lettered: Counter,
+    latency: Histogram,
+}
+
+/// How often the loop looks at the spool without a wake-up (also its heartbeat).
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// The read loop: keeps up to `max_in_flight` lanes busy, each delivering one batch.
+async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signal) {
+    let mut cursor: Seq = 0;
+    let mut lanes = JoinSet::new();
+    let mut draining = false;
+    loop {
+        heartbeat.beat();
+        while lanes.len() < pipeline.config.max_in_flight.get() {
+            match next_batch(&pipeline, cursor).await {
+                Some(batch) => {
+                    cursor = batch.seqs.last().map_or(cursor, |last| last + 1);
+                    let pipeline = pipeline.clone();
+                    lanes.spawn(async move { pipeline.deliver(batch).await });
+                }
+                None => break,
+            }
+        }
+        pipeline
+            .status
+            .in_flight
+            .store(lanes.len(), Ordering::Relaxed);
+        metrics::gauge!(m::FORWARD_IN_FLIGHT_BATCHES).set(lanes.len() as f64);
+        if draining && lanes.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(_) = lanes.join_next(), if !lanes.is_empty() => {}
+            () = pipeline.spool.appended() => {}
+            () = tokio::time::sleep(IDLE_TICK) => {}
+            () = finishing.recv(), if !draining => draining = true,
+        }
+    }
+}
+
+/// Reads and encodes the next batch at or after `from`; `None` when there is none.
+async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
+    let reader = pipeline.clone();
+    let read = tokio::task::spawn_blocking(move || reader.read_batch(from)).await;
+    match read {
+        Ok(Ok(batch)) => batch,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "cannot read the spool; forwarding paused");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+impl Pipeline {
+    fn read_batch(&self, from: Seq) -> Result<Option<Batch>, crate::store::StoreError> {
+        let records = self.spool.store.read_from(
+            from,
+            self.config.max_batch_events.get(),
+            self.config.max_batch_bytes,
+        )?;
+        let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
+            return Ok(None);
+        };
+        let id = format!("{}-{first}-{last}", self.node);
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut event_ts = Vec::with_capacity(records.len());
+        let mut corrupt = Vec::new();
+        let mut ndjson = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
+        for (seq, bytes) in &records {
+            match record::decode(bytes) {
+                Ok(record) => {
+                    ndjson.extend_from_slice(record.json);
+                    ndjson.push(b'\n');
+                    seqs.push(*seq);
+                    event_ts.push(record.ts_ms);
+                }
+                Err(err) => {
+                    tracing::error!(seq, error = %err, "unreadable spool record moved to dead letters");
+                    corrupt.push(*seq);
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            let (moved, bytes) = self.spool.store.move_to_dead_letters(&corrupt)?;
+            self.spool.note_dead_lettered(moved, bytes);
+            self.dead_lettered.increment(moved);
+            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
+                .increment(moved);
+        }
+        if seqs.is_empty() {
+            // Only corrupt records here: look further on.
+            return self.read_batch(last + 1);
+        }
+        let gzip = self.sink.wants_gzip().then(|| gzip(&ndjson));
+        Ok(Some(Batch {
+            id,
+            seqs,
+            event_ts,
+            ndjson: Bytes::from(ndjson),
+            gzip,
+        }))
+    }
+
+    async fn deliver(self: Arc<Self>, batch: Batch) {
+        let mut attempt = 0u32;
+        loop {
+            let permit = self
+                .status
+                .circuit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .permit(Instant::now());
+            if let Permit::Wait(wait) = permit {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            match self.sink.send(&batch).await {
+                Outcome::Delivered => {
+                    self.circuit_success();
+                    self.acknowledge(&batch).await;
+                    return;
+                }
+                Outcome::Rejected { reason } => {
+                    // The upstream answered, so it is alive: the circuit closes.
+                    self.circuit_success();
+                    self.failed(reason);
+                    self.dead_letter(&batch).await;
+                    return;
+                }
+                Outcome::Retry { reason, after } => {
+                    self.status
+                        .circuit
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_failure(Instant::now());
+                    self.failed(reason);
+                    self.retries.increment(1);
+                    let wait = after.unwrap_or_else(|| {
+                        backoff(
+                            attempt,
+                            self.config.backoff_initial,
+                            self.config.backoff_max,
+                            rand::random::<f64>(),
+                        )
+                    });
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    fn circuit_success(&self) {
+        self.status
+            .circuit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_success();
+    }
+
+    fn failed(&self, reason: &'static str) {
+        metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).increment(1);
+        *self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        tracing::debug!(reason, "forward attempt failed");
+    }
+
+    async fn acknowledge(&self, batch: &Batch) {
+        let now = now_ms();
+        for ts in &batch.event_ts {
+            self.latency.record(now.saturating_sub(*ts) as f64 / 1000.0);
+        }
+        self.delivered_events.increment(batch.seqs.len() as u64);
+        self.delivered_batches.increment(1);
+        let spool = self.spool.clone();
+        let seqs = batch.seqs.clone();
+        match tokio::task::spawn_blocking(move || {
+            let removed = spool.store.remove(&seqs);
+            if let Ok((records, bytes)) = removed {
+                spool.note_removed(records, bytes);
+            }
+            removed
+        })
+        .await
+        {
+            Ok(Ok(_)) => {}
+            // The batch stays and will be sent again: at least once, never lost.
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot delete a delivered batch; it will be sent again")
+            }
+            Err(_) => tracing::error!("spool delete task failed; the batch will be sent again"),
+        }
+    }
+
+    async fn dead_letter(&self, batch: &Batch) {
+        let spool = self.spool.clone();
+        let seqs = batch.seqs.clone();
+        let moved = tokio::task::spawn_blocking(move || {
+            let moved = spool.store.move_to_dead_letters(&seqs);
+            if let Ok((records, bytes)) = moved {
+                spool.note_dead_lettered(records, bytes);
+            }
+            moved
+        })
+        .await;
+        match moved {
+            Ok(Ok((records, _))) => {
+                self.dead_lettered.increment(records);
+                tracing::warn!(batch = %batch.id, events = records, "upstream rejected a batch; moved to dead letters");
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot move a rejected batch to dead letters")
+            }
+            Err(_) => tracing::error!("dead-letter task failed"),
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(bytes)
+        .expect("writing into a Vec cannot fail");
+    Bytes::from(encoder.finish().expect("finishing into a Vec cannot fail"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn gzip_round_trips() {
+        let text = b"{\"a\":1}\n{\"a\":2}\n".repeat(100);
+        let packed = gzip(&text);
+        assert!(packed.len() < text.len());
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, text);
+    }
+}
