@@ -3,6 +3,8 @@
 //! library API with the key file the server generated.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -307,6 +309,10 @@ impl TestPki {
         }
     }
 
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// Writes `<stem>.pem` and `<stem>.key` for `names`; returns their paths.
     pub fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let params =
@@ -335,6 +341,25 @@ impl TestPki {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
+}
+
+/// A rustls server config (for a test upstream) from PEM files.
+pub fn server_tls(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    Arc::new(config)
 }
 
 /// Polls `check` every 50 ms until it holds or `limit` passes.
