@@ -126,6 +126,7 @@ pub struct RawForward {
     pub shutdown_grace_ms: u64,
     pub http: RawHttpSink,
     pub file: RawFileSink,
+    pub kafka: RawKafkaSink,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -137,6 +138,16 @@ pub struct RawHttpSink {
     pub timeout_ms: u64,
     pub ca_file: String,
     pub gzip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafkaSink {
+    pub brokers: String,
+    pub topic: String,
+    pub client_id: String,
+    pub message_timeout_ms: u64,
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -241,6 +252,7 @@ impl Default for RawForward {
             shutdown_grace_ms: 5000,
             http: RawHttpSink::default(),
             file: RawFileSink::default(),
+            kafka: RawKafkaSink::default(),
         }
     }
 }
@@ -254,6 +266,18 @@ impl Default for RawHttpSink {
             timeout_ms: 10_000,
             ca_file: String::new(),
             gzip: true,
+        }
+    }
+}
+
+impl Default for RawKafkaSink {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "trackedge-events".into(),
+            client_id: "trackedge".into(),
+            message_timeout_ms: 30_000,
+            properties: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -382,6 +406,7 @@ pub enum SinkConfig {
     None,
     File(FileSinkConfig),
     Http(HttpSinkConfig),
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -390,6 +415,7 @@ impl SinkConfig {
             SinkConfig::None => "none",
             SinkConfig::File(_) => "file",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 }
@@ -398,6 +424,16 @@ impl SinkConfig {
 pub struct FileSinkConfig {
     pub path: PathBuf,
     pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub client_id: String,
+    pub message_timeout: Duration,
+    /// Passed to librdkafka as they are (security.protocol, sasl.*, ...).
+    pub properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -690,10 +726,11 @@ fn validate_forward(data_dir: &str, raw: RawForward) -> Result<ForwardConfig, Co
             })
         }
         "http" => SinkConfig::Http(validate_http_sink(raw.http)?),
+        "kafka" => SinkConfig::Kafka(validate_kafka_sink(raw.kafka)?),
         other => {
             return Err(invalid(
                 "forward.sink",
-                format!("must be \"file\", \"http\" or \"none\", not {other:?}"),
+                format!("must be \"file\", \"http\", \"kafka\" or \"none\", not {other:?}"),
             ))
         }
     };
@@ -715,6 +752,44 @@ fn validate_forward(data_dir: &str, raw: RawForward) -> Result<ForwardConfig, Co
         circuit_failures: raw.circuit_failures.max(1),
         circuit_open: millis("forward.circuit_open_ms", raw.circuit_open_ms, 1)?,
         shutdown_grace: millis("forward.shutdown_grace_ms", raw.shutdown_grace_ms, 0)?,
+    })
+}
+
+fn validate_kafka_sink(raw: RawKafkaSink) -> Result<KafkaSinkConfig, ConfigError> {
+    if !cfg!(feature = "kafka") {
+        return Err(invalid(
+            "forward.sink",
+            "this build has no Kafka support; build with `--features kafka`",
+        ));
+    }
+    if raw.brokers.trim().is_empty() {
+        return Err(invalid(
+            "forward.kafka.brokers",
+            "must list at least one host:port",
+        ));
+    }
+    if raw.topic.is_empty()
+        || raw.topic.len() > 249
+        || !raw
+            .topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            "forward.kafka.topic",
+            format!("{:?} is not a Kafka topic name", raw.topic),
+        ));
+    }
+    Ok(KafkaSinkConfig {
+        brokers: raw.brokers,
+        topic: raw.topic,
+        client_id: raw.client_id,
+        message_timeout: millis(
+            "forward.kafka.message_timeout_ms",
+            raw.message_timeout_ms,
+            1,
+        )?,
+        properties: raw.properties.into_iter().collect(),
     })
 }
 

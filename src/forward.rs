@@ -13,6 +13,8 @@
 
 mod file;
 mod http;
+#[cfg(feature = "kafka")]
+mod kafka;
 pub mod retry;
 
 use std::future::Future;
@@ -67,6 +69,11 @@ pub enum ForwardError {
     File(std::io::Error),
     #[error(transparent)]
     Http(#[from] http::HttpSinkError),
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSinkError),
+    #[error("forward.sink = \"kafka\" needs a build with `--features kafka`")]
+    KafkaNotBuilt,
 }
 
 /// What `/admin/spool` shows about the sink.
@@ -135,6 +142,10 @@ impl Forwarder {
                 file::FileSink::open(file).map_err(ForwardError::File)?,
             )),
             SinkConfig::Http(http) => Some(Arc::new(http::HttpSink::new(http)?)),
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(kafka) => Some(Arc::new(kafka::KafkaSink::new(kafka)?)),
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(_) => return Err(ForwardError::KafkaNotBuilt),
         };
         let status = Arc::new(ForwardStatus {
             kind: config.sink.name(),

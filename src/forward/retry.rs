@@ -46,7 +46,7 @@ pub fn classify_status(status: http::StatusCode, retry_after: Option<Duration>) 
 }
 
 /// Every `reason` an [`Outcome`] can carry; the metric's label set.
-pub const FAILURE_REASONS: [&str; 9] = [
+pub const FAILURE_REASONS: [&str; 11] = [
     "status_408",
     "status_429",
     "status_5xx",
@@ -56,6 +56,8 @@ pub const FAILURE_REASONS: [&str; 9] = [
     "timeout",
     "io",
     "corrupt_record",
+    "kafka_rejected",
+    "kafka_error",
 ];
 
 /// `Retry-After` in delta-seconds (HTTP dates are rare from APIs and ignored),
