@@ -200,9 +200,9 @@ fn spool(c: &mut Criterion) {
     });
     group.finish();
     let (_, disk) = append_run(&runtime, Durability::Interval(Duration::from_millis(100)));
-    let record = trackedge::record::encode(&event(1)).expect("encode").len();
+    let json = serde_json::to_vec(&event(1)).expect("encode").len();
     eprintln!(
-        "spool/disk: {EVENTS} events of {record} B each use {disk} B on disk ({} B per event)",
+        "spool/disk: {EVENTS} events of {json} B of JSON each use {disk} B on disk ({} B per event)",
         disk / EVENTS
     );
 }

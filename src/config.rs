@@ -691,6 +691,16 @@ fn validate_spool(data_dir: &str, raw: RawSpool) -> Result<SpoolConfig, ConfigEr
     if raw.max_age_secs == 0 {
         return Err(invalid("spool.max_age_secs", "must be at least 1"));
     }
+    // A bound smaller than a few commits would drop whole batches at a time.
+    if raw.max_batch_bytes as u64 > raw.max_bytes / 4 {
+        return Err(invalid(
+            "spool.max_batch_bytes",
+            format!(
+                "must be at most a quarter of spool.max_bytes ({})",
+                raw.max_bytes / 4
+            ),
+        ));
+    }
     Ok(SpoolConfig {
         dir: Path::new(data_dir).join(&raw.dir),
         channel_capacity: NonZeroUsize::new(raw.channel_capacity)

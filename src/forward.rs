@@ -55,6 +55,7 @@ pub trait Sink: Send + Sync + 'static {
 pub struct Batch {
     /// Stable across retries of this batch: `<node>-<first seq>-<last seq>`.
     pub id: String,
+    /// The spool segments it holds, removed together on acknowledgement.
     pub seqs: Vec<Seq>,
     /// Event times (unix ms), for the forward latency metric.
     pub event_ts: Vec<u64>,
@@ -211,6 +212,9 @@ struct Pipeline {
     latency: Histogram,
 }
 
+/// Spool segments read at once when building a batch.
+const SEGMENTS_PER_READ: usize = 64;
+
 /// How often the loop looks at the spool without a wake-up (also its heartbeat).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -263,45 +267,53 @@ async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
 }
 
 impl Pipeline {
+    /// Reads whole spool segments from `from` on until the batch holds
+    /// `max_batch_events` events or `max_batch_bytes` (always at least one segment).
     fn read_batch(&self, from: Seq) -> Result<Option<Batch>, crate::store::StoreError> {
-        let records = self.spool.store.read_from(
-            from,
-            self.config.max_batch_events.get(),
-            self.config.max_batch_bytes,
-        )?;
-        let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) else {
+        let segments =
+            self.spool
+                .store
+                .read_from(from, SEGMENTS_PER_READ, self.config.max_batch_bytes)?;
+        let Some(&(first, _)) = segments.first() else {
             return Ok(None);
         };
-        let id = format!("{}-{first}-{last}", self.node);
-        let mut seqs = Vec::with_capacity(records.len());
-        let mut event_ts = Vec::with_capacity(records.len());
+        let mut seqs = Vec::new();
+        let mut event_ts = Vec::new();
         let mut corrupt = Vec::new();
-        let mut ndjson = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
-        for (seq, bytes) in &records {
-            match record::decode(bytes) {
-                Ok(record) => {
-                    ndjson.extend_from_slice(record.json);
-                    ndjson.push(b'\n');
+        let mut ndjson = Vec::new();
+        let mut last = first;
+        for (seq, bytes) in &segments {
+            if !seqs.is_empty() && event_ts.len() >= self.config.max_batch_events.get() {
+                break;
+            }
+            last = *seq;
+            match record::decode(bytes).and_then(|segment| segment.records()) {
+                Ok(records) => {
+                    for record in records {
+                        ndjson.extend_from_slice(record.json);
+                        ndjson.push(b'\n');
+                        event_ts.push(record.ts_ms);
+                    }
                     seqs.push(*seq);
-                    event_ts.push(record.ts_ms);
                 }
                 Err(err) => {
-                    tracing::error!(seq, error = %err, "unreadable spool record moved to dead letters");
+                    tracing::error!(seq, error = %err, "unreadable spool segment moved to dead letters");
                     corrupt.push(*seq);
                 }
             }
         }
         if !corrupt.is_empty() {
-            let (moved, bytes) = self.spool.store.move_to_dead_letters(&corrupt)?;
-            self.spool.note_dead_lettered(moved, bytes);
-            self.dead_lettered.increment(moved);
+            let moved = self.spool.store.move_to_dead_letters(&corrupt)?;
+            let events = self.spool.note_dead_lettered(&moved);
+            self.dead_lettered.increment(events);
             metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
-                .increment(moved);
+                .increment(moved.len() as u64);
         }
         if seqs.is_empty() {
-            // Only corrupt records here: look further on.
+            // Only unreadable segments here: look further on.
             return self.read_batch(last + 1);
         }
+        let id = format!("{}-{}-{}", self.node, seqs[0], last);
         let gzip = self.sink.wants_gzip().then(|| gzip(&ndjson));
         Ok(Some(Batch {
             id,
@@ -384,14 +396,14 @@ impl Pipeline {
         for ts in &batch.event_ts {
             self.latency.record(now.saturating_sub(*ts) as f64 / 1000.0);
         }
-        self.delivered_events.increment(batch.seqs.len() as u64);
+        self.delivered_events.increment(batch.event_ts.len() as u64);
         self.delivered_batches.increment(1);
         let spool = self.spool.clone();
         let seqs = batch.seqs.clone();
         match tokio::task::spawn_blocking(move || {
             let removed = spool.store.remove(&seqs);
-            if let Ok((records, bytes)) = removed {
-                spool.note_removed(records, bytes);
+            if let Ok(removed) = &removed {
+                spool.note_removed(removed);
             }
             removed
         })
@@ -410,17 +422,16 @@ impl Pipeline {
         let spool = self.spool.clone();
         let seqs = batch.seqs.clone();
         let moved = tokio::task::spawn_blocking(move || {
-            let moved = spool.store.move_to_dead_letters(&seqs);
-            if let Ok((records, bytes)) = moved {
-                spool.note_dead_lettered(records, bytes);
-            }
-            moved
+            spool
+                .store
+                .move_to_dead_letters(&seqs)
+                .map(|moved| spool.note_dead_lettered(&moved))
         })
         .await;
         match moved {
-            Ok(Ok((records, _))) => {
-                self.dead_lettered.increment(records);
-                tracing::warn!(batch = %batch.id, events = records, "upstream rejected a batch; moved to dead letters");
+            Ok(Ok(events)) => {
+                self.dead_lettered.increment(events);
+                tracing::warn!(batch = %batch.id, events, "upstream rejected a batch; moved to dead letters");
             }
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "cannot move a rejected batch to dead letters")

@@ -1,49 +1,186 @@
-//! The stored record: how an [`Event`] sits in the spool.
+//! How events sit in the spool: one *segment* per group commit.
 //!
-//! Layout: 1 byte format version ([`RECORD_VERSION`]), 8 bytes big-endian event time
-//! (unix ms, so age checks and forward latency need no JSON parsing), then the event
-//! as JSON — exactly the line the sinks send, so forwarding never re-encodes.
+//! A segment is one storage value holding a whole batch, so a commit of a thousand
+//! events is one write to the engine, not a thousand.
+//!
+//! ```text
+//! segment = version:u8 (= 1) | count:u32 | oldest_ts:u64 | newest_ts:u64 | record*
+//! record  = len:u32 | ts:u64 | json[len - 8]
+//! ```
+//!
+//! Integers are big-endian; `ts` is the event time in unix ms (age bounds and forward
+//! latency need no JSON parsing); `json` is exactly the line the sinks send, so
+//! forwarding never re-encodes.
 
 use crate::event::Event;
 
-pub const RECORD_VERSION: u8 = 1;
-const HEADER_LEN: usize = 9;
+pub const SEGMENT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 1 + 4 + 8 + 8;
+const RECORD_HEADER_LEN: usize = 4 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("record is shorter than its header")]
+    #[error("segment is shorter than its header or a record runs past its end")]
     Truncated,
-    #[error("record format version {0} is not supported")]
+    #[error("segment format version {0} is not supported")]
     UnsupportedVersion(u8),
+    #[error("segment says {said} records but holds {found}")]
+    CountMismatch { said: u32, found: u32 },
 }
 
-/// A decoded view of record bytes.
+/// Builds one segment, encoding events straight into its buffer.
+pub struct SegmentWriter {
+    buf: Vec<u8>,
+    /// Where each record starts, to drop trailing records when a bound says so.
+    starts: Vec<usize>,
+    oldest: u64,
+    newest: u64,
+}
+
+impl Default for SegmentWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SegmentWriter {
+    pub fn new() -> SegmentWriter {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.resize(HEADER_LEN, 0);
+        SegmentWriter {
+            buf,
+            starts: Vec::new(),
+            oldest: u64::MAX,
+            newest: 0,
+        }
+    }
+
+    pub fn push(&mut self, event: &Event) -> Result<(), serde_json::Error> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.extend_from_slice(&event.ts.to_be_bytes());
+        if let Err(err) = serde_json::to_writer(&mut self.buf, event) {
+            self.buf.truncate(start);
+            return Err(err);
+        }
+        let len = (self.buf.len() - start - 4) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        self.starts.push(start);
+        self.oldest = self.oldest.min(event.ts);
+        self.newest = self.newest.max(event.ts);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops trailing records until the segment is at most `max_bytes`; returns how
+    /// many were dropped. (Times stay those of the full batch: only used for ages.)
+    pub fn truncate_to(&mut self, max_bytes: usize) -> usize {
+        let mut dropped = 0;
+        while self.buf.len() > max_bytes {
+            let Some(start) = self.starts.pop() else {
+                break;
+            };
+            self.buf.truncate(start);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The finished segment bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let count = self.starts.len() as u32;
+        let oldest = if count == 0 { 0 } else { self.oldest };
+        self.buf[0] = SEGMENT_VERSION;
+        self.buf[1..5].copy_from_slice(&count.to_be_bytes());
+        self.buf[5..13].copy_from_slice(&oldest.to_be_bytes());
+        self.buf[13..21].copy_from_slice(&self.newest.to_be_bytes());
+        self.buf
+    }
+}
+
+/// A decoded view of a segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub count: u32,
+    pub oldest_ts: u64,
+    pub newest_ts: u64,
+    body: &'a [u8],
+}
+
+/// One event inside a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
     pub ts_ms: u64,
     pub json: &'a [u8],
 }
 
-pub fn encode(event: &Event) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(512);
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&event.ts.to_be_bytes());
-    serde_json::to_writer(&mut out, event)?;
-    Ok(out)
+fn be_u32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<RecordRef<'_>, RecordError> {
+fn be_u64(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+/// Reads a segment's header; [`Segment::records`] walks (and checks) the records.
+pub fn decode(bytes: &[u8]) -> Result<Segment<'_>, RecordError> {
     if bytes.len() < HEADER_LEN {
         return Err(RecordError::Truncated);
     }
-    if bytes[0] != RECORD_VERSION {
+    if bytes[0] != SEGMENT_VERSION {
         return Err(RecordError::UnsupportedVersion(bytes[0]));
     }
-    let ts_ms = u64::from_be_bytes(bytes[1..HEADER_LEN].try_into().expect("8 bytes"));
-    Ok(RecordRef {
-        ts_ms,
-        json: &bytes[HEADER_LEN..],
+    Ok(Segment {
+        count: be_u32(&bytes[1..]),
+        oldest_ts: be_u64(&bytes[5..]),
+        newest_ts: be_u64(&bytes[13..]),
+        body: &bytes[HEADER_LEN..],
     })
+}
+
+impl<'a> Segment<'a> {
+    /// Every record, or the first error; the count must match the header.
+    pub fn records(&self) -> Result<Vec<RecordRef<'a>>, RecordError> {
+        let mut records = Vec::with_capacity(self.count as usize);
+        let mut rest = self.body;
+        while !rest.is_empty() {
+            if rest.len() < RECORD_HEADER_LEN {
+                return Err(RecordError::Truncated);
+            }
+            let len = be_u32(rest) as usize;
+            if len < 8 || rest.len() < 4 + len {
+                return Err(RecordError::Truncated);
+            }
+            records.push(RecordRef {
+                ts_ms: be_u64(&rest[4..]),
+                json: &rest[RECORD_HEADER_LEN..4 + len],
+            });
+            rest = &rest[4 + len..];
+        }
+        if records.len() != self.count as usize {
+            return Err(RecordError::CountMismatch {
+                said: self.count,
+                found: records.len() as u32,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// Events in a stored segment (0 if unreadable: it is counted as it is removed).
+pub fn count_of(bytes: &[u8]) -> u64 {
+    decode(bytes).map_or(0, |segment| u64::from(segment.count))
 }
 
 #[cfg(test)]
@@ -52,16 +189,15 @@ mod tests {
     use crate::event::{EventId, SCHEMA_VERSION};
     use crate::token::Kind;
 
-    #[test]
-    fn round_trips_time_and_json() {
-        let event = Event {
+    fn event(n: u128, ts: u64) -> Event {
+        Event {
             v: SCHEMA_VERSION,
-            id: EventId(7),
-            ts: 1_795_000_000_123,
+            id: EventId(n),
+            ts,
             kind: Kind::Open,
             tenant: "t".into(),
             campaign: "c".into(),
-            message: "m".into(),
+            message: format!("m{n}"),
             recipient: None,
             link: 0,
             target: None,
@@ -71,17 +207,65 @@ mod tests {
             gpc: false,
             head: false,
             node: "n".into(),
-        };
-        let bytes = encode(&event).unwrap();
-        let record = decode(&bytes).unwrap();
-        assert_eq!(record.ts_ms, 1_795_000_000_123);
-        let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
-        assert_eq!(json["id"], "00000000000000000000000007");
+        }
     }
 
     #[test]
-    fn refuses_short_and_unknown_records() {
-        assert_eq!(decode(&[1, 2, 3]), Err(RecordError::Truncated));
-        assert_eq!(decode(&[9; 20]), Err(RecordError::UnsupportedVersion(9)));
+    fn a_segment_round_trips_times_and_json() {
+        let mut writer = SegmentWriter::new();
+        writer.push(&event(1, 300)).unwrap();
+        writer.push(&event(2, 100)).unwrap();
+        writer.push(&event(3, 200)).unwrap();
+        let bytes = writer.finish();
+        let segment = decode(&bytes).unwrap();
+        assert_eq!(
+            (segment.count, segment.oldest_ts, segment.newest_ts),
+            (3, 100, 300)
+        );
+        let records = segment.records().unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+            vec![300, 100, 200]
+        );
+        let json: serde_json::Value = serde_json::from_slice(records[1].json).unwrap();
+        assert_eq!(json["message"], "m2");
+        assert_eq!(count_of(&bytes), 3);
+    }
+
+    #[test]
+    fn truncation_drops_whole_trailing_records() {
+        let mut writer = SegmentWriter::new();
+        for n in 0..10 {
+            writer.push(&event(n, 1)).unwrap();
+        }
+        let one = (writer.bytes() - HEADER_LEN) / 10;
+        assert_eq!(writer.truncate_to(HEADER_LEN + one * 4 + 1), 6);
+        let bytes = writer.finish();
+        assert_eq!(decode(&bytes).unwrap().records().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn damaged_segments_are_refused() {
+        let mut writer = SegmentWriter::new();
+        writer.push(&event(1, 1)).unwrap();
+        let bytes = writer.finish();
+        assert!(matches!(decode(&bytes[..5]), Err(RecordError::Truncated)));
+        assert!(decode(&bytes[..bytes.len() - 1])
+            .unwrap()
+            .records()
+            .is_err());
+        let mut wrong_count = bytes.clone();
+        wrong_count[4] = 2;
+        assert!(matches!(
+            decode(&wrong_count).unwrap().records(),
+            Err(RecordError::CountMismatch { said: 2, found: 1 })
+        ));
+        let mut version = bytes;
+        version[0] = 9;
+        assert!(matches!(
+            decode(&version),
+            Err(RecordError::UnsupportedVersion(9))
+        ));
+        assert_eq!(count_of(&version), 0);
     }
 }

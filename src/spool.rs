@@ -5,7 +5,8 @@
 //! never waits: a full channel drops the event and counts it. The writer thread (disk
 //! I/O never runs on the async workers) gathers a batch — up to `max_batch_events`
 //! events or `max_batch_bytes`, or whatever arrived within `batch_delay` of the
-//! first — encodes it ([`crate::record`]), numbers it and appends it atomically.
+//! first — encodes it into one segment ([`crate::record`]) and appends it under the
+//! next sequence number: one engine write per group commit.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -13,8 +14,9 @@
 //! channel if the writer had fallen behind); on a graceful stop [`Writer::finish`]
 //! drains the channel, commits and fsyncs, so nothing is lost.
 //!
-//! Bounds: past `max_bytes` of records the full policy drops the oldest records or
-//! refuses the newest; records older than `max_age` are dropped. Every drop is counted
+//! Bounds: past `max_bytes` of segments the full policy drops the oldest segments or
+//! refuses the newest events; segments whose newest event is older than `max_age`
+//! are dropped. Every drop is counted
 //! in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,15 +30,15 @@ use crate::config::{Durability, FullPolicy, SpoolConfig};
 use crate::event::{now_ms, Event};
 use crate::health::Heartbeat;
 use crate::metrics as m;
-use crate::record;
-use crate::store::{Seq, Store, StoreError};
+use crate::record::{self, SegmentWriter};
+use crate::store::{Bytes, Seq, Store, StoreError};
 
 /// The longest the writer sleeps between looks at the stop flag and the clock.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 /// How often age bounds and gauges are refreshed.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
-/// Records removed per step when enforcing a bound.
-const EVICT_STEP: usize = 512;
+/// Segments looked at per step when enforcing a bound.
+const EVICT_STEP: usize = 64;
 
 /// Why an event was not kept. `as_str` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,25 +117,39 @@ impl Spool {
         self.appended.notified().await;
     }
 
-    /// Records that left the store (acknowledged, evicted, erased).
-    pub fn note_removed(&self, records: u64, bytes: u64) {
-        self.counts.records.fetch_sub(records, Ordering::Relaxed);
+    /// Segments that left the store (acknowledged, evicted, erased); returns the
+    /// number of events they held.
+    pub fn note_removed(&self, segments: &[Bytes]) -> u64 {
+        let (events, bytes) = totals(segments);
+        self.counts.records.fetch_sub(events, Ordering::Relaxed);
         self.counts.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        events
     }
 
-    /// Records moved to the dead-letter tree.
-    pub fn note_dead_lettered(&self, records: u64, bytes: u64) {
-        self.note_removed(records, bytes);
+    /// Segments moved to the dead-letter tree; returns their events.
+    pub fn note_dead_lettered(&self, segments: &[Bytes]) -> u64 {
+        let events = self.note_removed(segments);
         self.counts
             .dead_letters
-            .fetch_add(records, Ordering::Relaxed);
+            .fetch_add(events, Ordering::Relaxed);
+        events
     }
 
-    /// Dead letters removed (erasure, retention).
-    pub fn note_dead_letters_removed(&self, records: u64) {
+    /// A segment rewritten in place (erasure): `old` replaced by `new`.
+    pub fn note_rewritten(&self, old: &[u8], new: &[u8]) {
+        let removed = record::count_of(old).saturating_sub(record::count_of(new));
+        self.counts.records.fetch_sub(removed, Ordering::Relaxed);
+        self.counts.bytes.fetch_sub(
+            old.len().saturating_sub(new.len()) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Dead-letter events removed (erasure, retention).
+    pub fn note_dead_letters_removed(&self, events: u64) {
         self.counts
             .dead_letters
-            .fetch_sub(records, Ordering::Relaxed);
+            .fetch_sub(events, Ordering::Relaxed);
     }
 
     pub fn records(&self) -> u64 {
@@ -142,8 +158,9 @@ impl Spool {
 
     pub fn snapshot(&self) -> Snapshot {
         let oldest_age_seconds = match self.store.first() {
-            Ok(Some((_, bytes))) => record::decode(&bytes)
-                .map_or(0.0, |r| now_ms().saturating_sub(r.ts_ms) as f64 / 1000.0),
+            Ok(Some((_, bytes))) => record::decode(&bytes).map_or(0.0, |segment| {
+                now_ms().saturating_sub(segment.oldest_ts) as f64 / 1000.0
+            }),
             _ => 0.0,
         };
         Snapshot {
@@ -222,21 +239,33 @@ pub fn start(
         source,
     };
     let store = Store::open(&config.dir, config.cache_bytes).map_err(open_err)?;
-    let totals = store.totals().map_err(open_err)?;
+    let held: Vec<Bytes> = store
+        .iter()
+        .map(|entry| entry.map(|(_, value)| value))
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
+    let dead: Vec<Bytes> = store
+        .dead_letters()
+        .map(|entry| entry.map(|(_, value)| value))
+        .collect::<Result<_, _>>()
+        .map_err(open_err)?;
+    let (events, bytes) = totals(&held);
+    let (dead_events, _) = totals(&dead);
+    drop((held, dead));
     let next_seq = store.next_seq().map_err(open_err)?;
-    if totals.records > 0 {
+    if events > 0 {
         tracing::info!(
-            events = totals.records,
-            bytes = totals.bytes,
+            events,
+            bytes,
             "spool holds events from an earlier run; they will be forwarded"
         );
     }
     let spool = Arc::new(Spool {
         store,
         counts: Counts {
-            records: AtomicU64::new(totals.records),
-            bytes: AtomicU64::new(totals.bytes),
-            dead_letters: AtomicU64::new(totals.dead_records),
+            records: AtomicU64::new(events),
+            bytes: AtomicU64::new(bytes),
+            dead_letters: AtomicU64::new(dead_events),
         },
         appended: tokio::sync::Notify::new(),
     });
@@ -275,6 +304,16 @@ pub fn start(
         dropped_stopped,
     };
     Ok((sender, Writer { stop, thread }, spool))
+}
+
+/// Events and bytes in stored segments.
+fn totals(segments: &[Bytes]) -> (u64, u64) {
+    segments.iter().fold((0, 0), |(events, bytes), segment| {
+        (
+            events + record::count_of(segment),
+            bytes + segment.len() as u64,
+        )
+    })
 }
 
 struct WriterTask {
@@ -335,25 +374,18 @@ impl WriterTask {
         }
     }
 
-    fn gather(&mut self, first: Event) -> Vec<Vec<u8>> {
+    fn gather(&mut self, first: Event) -> SegmentWriter {
         let deadline = Instant::now() + self.config.batch_delay;
-        let mut records = Vec::with_capacity(64);
-        let mut bytes = 0;
+        let mut segment = SegmentWriter::new();
         let mut next = Some(first);
         while let Some(event) = next.take() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
-            match record::encode(&event) {
-                Ok(encoded) => {
-                    bytes += encoded.len();
-                    records.push(encoded);
-                }
-                Err(err) => {
-                    self.failed(&err, 1);
-                    self.dropped(DropReason::WriteFailed, 1);
-                }
+            if let Err(err) = segment.push(&event) {
+                self.failed(&err, 1);
+                self.dropped(DropReason::WriteFailed, 1);
             }
-            if records.len() >= self.config.max_batch_events.get()
-                || bytes >= self.config.max_batch_bytes
+            if segment.len() >= self.config.max_batch_events.get()
+                || segment.bytes() >= self.config.max_batch_bytes
             {
                 break;
             }
@@ -364,49 +396,39 @@ impl WriterTask {
                 self.receiver.recv_timeout(left).ok()
             };
         }
-        records
+        segment
     }
 
-    fn commit(&mut self, mut records: Vec<Vec<u8>>) {
-        let incoming: u64 = records.iter().map(|r| r.len() as u64).sum();
+    fn commit(&mut self, mut segment: SegmentWriter) {
         let held = self.spool.counts.bytes.load(Ordering::Relaxed);
-        let excess = (held + incoming).saturating_sub(self.config.max_bytes);
+        let excess = (held + segment.bytes() as u64).saturating_sub(self.config.max_bytes);
         if excess > 0 {
-            match self.config.full_policy {
-                FullPolicy::DropNewest => {
-                    let mut refused = 0;
-                    let mut freed = 0;
-                    while freed < excess {
-                        let Some(record) = records.pop() else { break };
-                        freed += record.len() as u64;
-                        refused += 1;
-                    }
-                    self.dropped(DropReason::SpoolFull, refused);
-                }
-                FullPolicy::DropOldest => self.evict_oldest(excess),
+            if self.config.full_policy == FullPolicy::DropOldest {
+                self.evict_oldest(excess);
             }
+            // Refuses the newest under drop_newest, and under drop_oldest whatever
+            // still does not fit once nothing older is left.
+            let held = self.spool.counts.bytes.load(Ordering::Relaxed);
+            let room = self.config.max_bytes.saturating_sub(held) as usize;
+            let refused = segment.truncate_to(room);
+            self.dropped(DropReason::SpoolFull, refused as u64);
         }
-        if records.is_empty() {
+        if segment.is_empty() {
             return;
         }
-        let count = records.len() as u64;
-        let numbered: Vec<(Seq, Vec<u8>)> = records
-            .into_iter()
-            .map(|record| {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                (seq, record)
-            })
-            .collect();
-        let bytes: u64 = numbered.iter().map(|(_, r)| r.len() as u64).sum();
-        match self.spool.store.append(&numbered) {
+        let events = segment.len() as u64;
+        let bytes = segment.finish();
+        let size = bytes.len() as u64;
+        let seq = self.next_seq;
+        match self.spool.store.append(seq, bytes) {
             Ok(()) => {
+                self.next_seq += 1;
                 self.spool
                     .counts
                     .records
-                    .fetch_add(count, Ordering::Relaxed);
-                self.spool.counts.bytes.fetch_add(bytes, Ordering::Relaxed);
-                self.written.increment(count);
+                    .fetch_add(events, Ordering::Relaxed);
+                self.spool.counts.bytes.fetch_add(size, Ordering::Relaxed);
+                self.written.increment(events);
                 self.batches.increment(1);
                 self.unflushed_since.get_or_insert_with(Instant::now);
                 if self.config.durability == Durability::EveryBatch {
@@ -415,13 +437,13 @@ impl WriterTask {
                 self.spool.appended.notify_one();
             }
             Err(err) => {
-                self.failed(&err, count);
-                self.dropped(DropReason::WriteFailed, count);
+                self.failed(&err, events);
+                self.dropped(DropReason::WriteFailed, events);
             }
         }
     }
 
-    /// Removes the oldest records until at least `bytes` are freed.
+    /// Removes the oldest segments until at least `bytes` are freed.
     fn evict_oldest(&mut self, bytes: u64) {
         let mut freed = 0;
         while freed < bytes {
@@ -431,24 +453,24 @@ impl WriterTask {
                 Err(err) => return self.failed(&err, 0),
             };
             let mut seqs = Vec::with_capacity(oldest.len());
-            for (seq, record) in &oldest {
+            for (seq, segment) in &oldest {
                 seqs.push(*seq);
-                freed += record.len() as u64;
+                freed += segment.len() as u64;
                 if freed >= bytes {
                     break;
                 }
             }
             match self.spool.store.remove(&seqs) {
-                Ok((records, removed)) => {
-                    self.spool.note_removed(records, removed);
-                    self.dropped(DropReason::SpoolFull, records);
+                Ok(removed) => {
+                    let events = self.spool.note_removed(&removed);
+                    self.dropped(DropReason::SpoolFull, events);
                 }
                 Err(err) => return self.failed(&err, 0),
             }
         }
     }
 
-    /// Drops records older than `max_age` and refreshes the gauges.
+    /// Drops segments whose newest event is older than `max_age`; refreshes gauges.
     fn housekeeping(&mut self) {
         self.last_housekeeping = Instant::now();
         let cutoff = now_ms().saturating_sub(self.config.max_age.as_millis() as u64);
@@ -462,16 +484,18 @@ impl WriterTask {
             };
             let expired: Vec<Seq> = oldest
                 .iter()
-                .take_while(|(_, bytes)| record::decode(bytes).is_ok_and(|r| r.ts_ms < cutoff))
+                .take_while(|(_, bytes)| {
+                    record::decode(bytes).is_ok_and(|segment| segment.newest_ts < cutoff)
+                })
                 .map(|(seq, _)| *seq)
                 .collect();
             if expired.is_empty() {
                 break;
             }
             match self.spool.store.remove(&expired) {
-                Ok((records, bytes)) => {
-                    self.spool.note_removed(records, bytes);
-                    self.dropped(DropReason::TooOld, records);
+                Ok(removed) => {
+                    let events = self.spool.note_removed(&removed);
+                    self.dropped(DropReason::TooOld, events);
                 }
                 Err(err) => {
                     self.failed(&err, 0);
@@ -599,6 +623,27 @@ mod tests {
         }
     }
 
+    /// Bytes of a segment of `n` test events (all the same size).
+    fn segment_size(n: u128) -> u64 {
+        let mut segment = SegmentWriter::new();
+        for i in 0..n {
+            segment.push(&event(10 + i, now_ms())).unwrap();
+        }
+        segment.finish().len() as u64
+    }
+
+    fn messages(spool: &Spool) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in spool.store.iter() {
+            let (_, bytes) = entry.unwrap();
+            for record in record::decode(&bytes).unwrap().records().unwrap() {
+                let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
+                out.push(json["message"].as_str().unwrap().to_owned());
+            }
+        }
+        out
+    }
+
     async fn run(config: &SpoolConfig, events: impl IntoIterator<Item = Event>) -> Arc<Spool> {
         let health = Health::new();
         let (sender, writer, spool) =
@@ -618,24 +663,20 @@ mod tests {
         let now = now_ms();
         let spool = run(&config, (0..1000).map(|n| event(n, now))).await;
         assert_eq!(spool.records(), 1000);
-        let records = spool.store.read_from(0, 2000, usize::MAX).unwrap();
-        let messages: Vec<String> = records
-            .iter()
-            .map(|(_, bytes)| {
-                let json: serde_json::Value =
-                    serde_json::from_slice(record::decode(bytes).unwrap().json).unwrap();
-                json["message"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        assert_eq!(messages.len(), 1000);
-        assert_eq!(messages[0], "m0");
-        assert_eq!(messages[999], "m999");
+        let kept = messages(&spool);
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(kept[0], "m0");
+        assert_eq!(kept[999], "m999");
+        let segments = spool.store.iter().count();
+        assert!(
+            segments < 200,
+            "group commits: {segments} segments for 1000 events"
+        );
         drop(spool);
-        // Reopened, the numbering continues after the last record.
+        // Reopened, the counts are found again and the numbering continues.
         let spool = run(&config, [event(5000, now)]).await;
         assert_eq!(spool.records(), 1001);
-        let (last, _) = spool.store.read_from(1000, 10, usize::MAX).unwrap()[0].clone();
-        assert_eq!(last, 1000);
+        assert_eq!(messages(&spool).last().unwrap(), "m5000");
     }
 
     #[tokio::test]
@@ -643,30 +684,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path());
         config.full_policy = FullPolicy::DropNewest;
-        let one = record::encode(&event(1, now_ms())).unwrap().len() as u64;
-        config.max_bytes = one * 10 + one / 2;
+        config.max_bytes = segment_size(10) + 10;
         let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
         assert_eq!(spool.records(), 10);
-        let kept = spool.store.read_from(0, 100, usize::MAX).unwrap();
-        let first: serde_json::Value =
-            serde_json::from_slice(record::decode(&kept[0].1).unwrap().json).unwrap();
-        assert_eq!(first["message"], "m0", "the oldest are kept");
+        assert_eq!(messages(&spool)[0], "m0", "the oldest are kept");
     }
 
     #[tokio::test]
     async fn drop_oldest_keeps_the_newest_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path());
-        let one = record::encode(&event(1, now_ms())).unwrap().len() as u64;
-        config.max_bytes = one * 10 + one / 2;
         config.max_batch_events = NonZeroUsize::new(1).unwrap();
+        config.max_bytes = segment_size(1) * 10 + 10;
         let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
         assert_eq!(spool.records(), 10);
         assert!(spool.snapshot().bytes <= config.max_bytes);
-        let kept = spool.store.read_from(0, 100, usize::MAX).unwrap();
-        let first: serde_json::Value =
-            serde_json::from_slice(record::decode(&kept[0].1).unwrap().json).unwrap();
-        assert_eq!(first["message"], "m15", "the newest are kept");
+        assert_eq!(messages(&spool)[0], "m15", "the newest are kept");
     }
 
     #[tokio::test]
@@ -680,6 +713,11 @@ mod tests {
             start(&config, health.register("w", Duration::from_secs(5))).unwrap();
         for n in 0..5 {
             sender.send(event(n, now - 3_600_000)).unwrap();
+        }
+        // A segment goes when its newest event is too old: keep the fresh ones apart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spool.store.iter().count() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for n in 5..8 {
             sender.send(event(n, now)).unwrap();

@@ -1,13 +1,14 @@
-//! The one module that knows sled: an ordered log of records keyed by a sequence
-//! number, plus a dead-letter tree. Swapping the storage engine touches this file only.
+//! The one module that knows sled: an ordered log of opaque values keyed by a
+//! sequence number, plus a dead-letter tree. Swapping the storage engine touches this
+//! file only.
 //!
-//! Key layout: tree `events` and tree `dead_letters`, key = the record's sequence
-//! number as 8 big-endian bytes (so byte order is append order), value = the record
-//! bytes from [`crate::record`]. Sequence numbers only grow: on open, the next one is
-//! one past the largest key in either tree. Records leave `events` only when the
-//! forwarder's sink acknowledged them, when they are moved to `dead_letters`, or when
-//! a bound (size, age) or an erasure removes them; each removal reports what it
-//! actually removed so the callers' counts stay exact when two of them race.
+//! Key layout: tree `events` and tree `dead_letters`, key = the sequence number as 8
+//! big-endian bytes (so byte order is append order), value = one segment from
+//! [`crate::record`] (a whole group commit). Sequence numbers only grow: on open, the
+//! next one is one past the largest key in either tree. Values leave `events` only
+//! when the forwarder's sink acknowledged them, when they move to `dead_letters`, or
+//! when a bound (size, age) or an erasure removes or rewrites them; each removal
+//! returns what it actually removed, so callers' counts stay exact when two race.
 
 use std::path::Path;
 
@@ -25,14 +26,6 @@ pub struct Store {
     db: sled::Db,
     events: sled::Tree,
     dead: sled::Tree,
-}
-
-/// What [`Store::open`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub records: u64,
-    pub bytes: u64,
-    pub dead_records: u64,
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -59,18 +52,6 @@ impl Store {
         })
     }
 
-    /// Counts what is stored (one pass; called once at start).
-    pub fn totals(&self) -> Result<Totals, StoreError> {
-        let mut totals = Totals::default();
-        for entry in self.events.iter() {
-            let (_, value) = entry?;
-            totals.records += 1;
-            totals.bytes += value.len() as u64;
-        }
-        totals.dead_records = self.dead.len() as u64;
-        Ok(totals)
-    }
-
     /// One past the largest sequence number ever stored.
     pub fn next_seq(&self) -> Result<Seq, StoreError> {
         let mut next = 0;
@@ -82,14 +63,19 @@ impl Store {
         Ok(next)
     }
 
-    /// Appends records atomically (all or none).
-    pub fn append(&self, records: &[(Seq, Vec<u8>)]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (seq, bytes) in records {
-            batch.insert(&key(*seq), bytes.as_slice());
-        }
-        self.events.apply_batch(batch)?;
+    /// Stores one value under `seq`.
+    pub fn append(&self, seq: Seq, value: Vec<u8>) -> Result<(), StoreError> {
+        self.events.insert(key(seq), value)?;
         Ok(())
+    }
+
+    /// Replaces the value under `seq` if it is still there; returns the old value.
+    pub fn replace(&self, seq: Seq, value: Vec<u8>) -> Result<Option<Bytes>, StoreError> {
+        let old = self.events.get(key(seq))?;
+        if old.is_some() {
+            self.events.insert(key(seq), value)?;
+        }
+        Ok(old)
     }
 
     /// Makes every write so far durable (fsync).
@@ -98,7 +84,7 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `max_records` records (and about `max_bytes`, at least one) from `from` on.
+    /// Up to `max_records` values (and about `max_bytes`, at least one) from `from` on.
     pub fn read_from(
         &self,
         from: Seq,
@@ -122,7 +108,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The oldest record, if any.
+    /// The oldest value, if any.
     pub fn first(&self) -> Result<Option<(Seq, Bytes)>, StoreError> {
         Ok(self
             .events
@@ -130,40 +116,34 @@ impl Store {
             .and_then(|(key, value)| Some((seq_of(&key)?, value))))
     }
 
-    /// Removes `seqs`; returns how many records and bytes were really there.
-    pub fn remove(&self, seqs: &[Seq]) -> Result<(u64, u64), StoreError> {
-        let (mut records, mut bytes) = (0, 0);
+    /// Removes `seqs`; returns the values that were really there.
+    pub fn remove(&self, seqs: &[Seq]) -> Result<Vec<Bytes>, StoreError> {
+        let mut removed = Vec::with_capacity(seqs.len());
         for seq in seqs {
             if let Some(old) = self.events.remove(key(*seq))? {
-                records += 1;
-                bytes += old.len() as u64;
+                removed.push(old);
             }
         }
-        Ok((records, bytes))
+        Ok(removed)
     }
 
-    /// Moves `seqs` to the dead-letter tree; returns records and bytes moved.
-    pub fn move_to_dead_letters(&self, seqs: &[Seq]) -> Result<(u64, u64), StoreError> {
-        let (mut records, mut bytes) = (0, 0);
+    /// Moves `seqs` to the dead-letter tree; returns the values moved.
+    pub fn move_to_dead_letters(&self, seqs: &[Seq]) -> Result<Vec<Bytes>, StoreError> {
+        let mut moved = Vec::with_capacity(seqs.len());
         for seq in seqs {
             if let Some(value) = self.events.get(key(*seq))? {
                 // Inserted before removal: a crash in between leaves a duplicate,
                 // never a loss.
                 self.dead.insert(key(*seq), value.clone())?;
                 if self.events.remove(key(*seq))?.is_some() {
-                    records += 1;
-                    bytes += value.len() as u64;
+                    moved.push(value);
                 }
             }
         }
-        Ok((records, bytes))
+        Ok(moved)
     }
 
-    pub fn dead_letter_count(&self) -> u64 {
-        self.dead.len() as u64
-    }
-
-    /// Every record still held, oldest first (for erasure, export and retention).
+    /// Every value still held, oldest first (for counting, erasure and export).
     pub fn iter(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
         self.events.iter().map(|entry| {
             let (key, value) = entry?;
@@ -179,15 +159,28 @@ impl Store {
         })
     }
 
-    /// Removes dead letters by sequence number; returns how many were there.
-    pub fn remove_dead_letters(&self, seqs: &[Seq]) -> Result<u64, StoreError> {
-        let mut removed = 0;
+    /// Removes dead letters; returns the values that were there.
+    pub fn remove_dead_letters(&self, seqs: &[Seq]) -> Result<Vec<Bytes>, StoreError> {
+        let mut removed = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            if self.dead.remove(key(*seq))?.is_some() {
-                removed += 1;
+            if let Some(old) = self.dead.remove(key(*seq))? {
+                removed.push(old);
             }
         }
         Ok(removed)
+    }
+
+    /// Replaces a dead letter if it is still there; returns the old value.
+    pub fn replace_dead_letter(
+        &self,
+        seq: Seq,
+        value: Vec<u8>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let old = self.dead.get(key(seq))?;
+        if old.is_some() {
+            self.dead.insert(key(seq), value)?;
+        }
+        Ok(old)
     }
 
     /// Bytes the engine uses on disk (logs and snapshots).
@@ -205,25 +198,19 @@ mod tests {
     }
 
     #[test]
-    fn appends_read_back_in_order_and_survive_reopen() {
+    fn values_read_back_in_order_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = open(dir.path());
             assert_eq!(store.next_seq().unwrap(), 0);
-            let records: Vec<(Seq, Vec<u8>)> = (0..300).map(|n| (n, vec![n as u8; 10])).collect();
-            store.append(&records).unwrap();
+            for n in 0..300 {
+                store.append(n, vec![n as u8; 10]).unwrap();
+            }
             store.flush().unwrap();
         }
         let store = open(dir.path());
         assert_eq!(store.next_seq().unwrap(), 300);
-        assert_eq!(
-            store.totals().unwrap(),
-            Totals {
-                records: 300,
-                bytes: 3000,
-                dead_records: 0
-            }
-        );
+        assert_eq!(store.iter().count(), 300);
         let first = store.read_from(0, 100, usize::MAX).unwrap();
         assert_eq!(first.len(), 100);
         assert_eq!(first[0].0, 0);
@@ -242,20 +229,23 @@ mod tests {
     }
 
     #[test]
-    fn removals_report_only_what_was_there() {
+    fn removals_return_only_what_was_there() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        store.append(&[(1, vec![0; 5]), (2, vec![0; 7])]).unwrap();
-        assert_eq!(store.remove(&[1, 3]).unwrap(), (1, 5));
-        assert_eq!(store.remove(&[1]).unwrap(), (0, 0));
-        assert_eq!(store.move_to_dead_letters(&[2, 9]).unwrap(), (1, 7));
-        assert_eq!(store.dead_letter_count(), 1);
+        store.append(1, vec![0; 5]).unwrap();
+        store.append(2, vec![0; 7]).unwrap();
+        assert_eq!(store.remove(&[1, 3]).unwrap().len(), 1);
+        assert!(store.remove(&[1]).unwrap().is_empty());
+        assert_eq!(store.replace(1, vec![1]).unwrap(), None, "no resurrection");
+        let moved = store.move_to_dead_letters(&[2, 9]).unwrap();
+        assert_eq!(moved.iter().map(|v| v.len()).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(store.dead_letters().count(), 1);
         assert!(store.first().unwrap().is_none());
         assert_eq!(
             store.next_seq().unwrap(),
             3,
             "dead letters keep their numbers"
         );
-        assert_eq!(store.remove_dead_letters(&[2]).unwrap(), 1);
+        assert_eq!(store.remove_dead_letters(&[2]).unwrap().len(), 1);
     }
 }

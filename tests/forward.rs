@@ -249,7 +249,7 @@ async fn a_full_spool_under_a_dead_upstream_drops_exactly_and_keeps_answering() 
     let max_bytes = 65_536;
     let server = TestServer::start(&forward_config(
         &upstream.url(),
-        &format!("max_bytes = {max_bytes}\nfull_policy = \"drop_newest\""),
+        &format!("max_bytes = {max_bytes}\nmax_batch_bytes = 16384\nfull_policy = \"drop_newest\""),
     ));
     send_opens(&server, "m", 1000).await;
     let counted = eventually(Duration::from_secs(10), || async {

@@ -55,7 +55,7 @@ impl KafkaSink {
     }
 
     async fn publish(&self, batch: &Batch) -> Outcome {
-        let mut deliveries = Vec::with_capacity(batch.seqs.len());
+        let mut deliveries = Vec::with_capacity(batch.event_ts.len());
         for line in batch
             .ndjson
             .split(|&b| b == b'\n')
