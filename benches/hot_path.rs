@@ -60,7 +60,7 @@ fn hot_path(c: &mut Criterion) {
     let keys = Arc::new(Keys::open(key_file, false).expect("keys"));
     let ring = keys.ring().clone();
     let health = Health::new();
-    let (events, writer, _spool) = trackedge::spool::start(
+    let (events, writer, spool) = trackedge::spool::start(
         &SpoolConfig {
             dir: dir.path().join("spool"),
             channel_capacity: NonZeroUsize::new(1 << 16).expect("non-zero"),
@@ -76,11 +76,20 @@ fn hot_path(c: &mut Criterion) {
         health.register("writer", Duration::from_secs(3600)),
     )
     .expect("spool");
+    let privacy = trackedge::privacy::Privacy::new(
+        &trackedge::config::Config::from_toml_str("", &Default::default())
+            .expect("default config")
+            .privacy,
+        dir.path(),
+        trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
+    )
+    .expect("privacy");
     let edge = Edge {
         keys,
         events,
         ids: IdGenerator::new(),
         metrics: RequestMetrics::register(),
+        privacy,
         node: "bench".into(),
         max_token_bytes: 4096,
         max_body_bytes: 4096,

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use trackedge::config::{
     Durability, ForwardConfig, FullPolicy, HttpSinkConfig, SinkConfig, SpoolConfig,
 };
-use trackedge::event::{now_ms, Event, EventId, SCHEMA_VERSION};
+use trackedge::event::{now_ms, Event, EventId, EventKind, SCHEMA_VERSION};
 use trackedge::forward::Forwarder;
 use trackedge::health::Health;
 use trackedge::Kind;
@@ -30,18 +30,19 @@ fn event(n: u64) -> Event {
         v: SCHEMA_VERSION,
         id: EventId(u128::from(n)),
         ts: now_ms(),
-        kind: Kind::Click,
+        kind: EventKind::Tracked(Kind::Click),
         tenant: "acme".into(),
         campaign: "spring-2026".into(),
         message: format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
         recipient: Some("r-8f14e45f".into()),
         link: 3,
         target: Some("https://shop.example.com/spring/sale?utm_source=email".into()),
-        ip: Some("203.0.113.0".parse().expect("ip")),
+        ip: Some("203.0.113.0".into()),
         ua: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148".into()),
         dnt: false,
         gpc: false,
         head: false,
+        self_open: false,
         node: "bench".into(),
     }
 }

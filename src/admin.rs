@@ -1,24 +1,44 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (liveness),
-//! `/readyz` (readiness) and `/admin/spool` (spool and sink state as JSON).
-//! Loopback by default; when a bearer token is configured, everything but the two
-//! probes requires it (load balancers need no secret).
+//! The admin listener: probes, metrics, the spool's state and the privacy calls.
+//!
+//! - `GET /healthz` (liveness), `GET /readyz` (readiness): open, for load balancers.
+//! - `GET /metrics` (Prometheus text), `GET /admin/spool` (JSON).
+//! - `PUT|GET|DELETE /admin/suppressions/{tenant}/{recipient}`: the suppression list.
+//! - `DELETE /admin/subjects/{tenant}/{recipient}`: erasure (spool and dead letters),
+//!   suppression, and an erasure record sent upstream.
+//! - `GET /admin/subjects/{tenant}/{recipient}/export`: that recipient's events still
+//!   held, streamed as NDJSON.
+//!
+//! Loopback by default; when a bearer token is configured everything but the probes
+//! requires it (config refuses a non-loopback address without one). Every privacy
+//! call writes one audit log line (target `trackedge::audit`) naming the tenant and a
+//! short hash of the recipient, never the recipient id itself.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Channel, Either, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::event::{now_ms, Event, EventKind, SCHEMA_VERSION};
 use crate::forward::{ForwardStatus, SinkStatus};
 use crate::health::Health;
 use crate::metrics as m;
+use crate::route::Edge;
 use crate::shutdown::Signal;
 use crate::spool::{Snapshot, Spool};
+use crate::subjects;
+
+pub type AdminBody = Either<Full<Bytes>, Channel<Bytes>>;
+
+/// How long an erasure waits for room in the event channel for its erasure record.
+const ERASURE_RECORD_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pub prometheus: PrometheusHandle,
@@ -26,6 +46,7 @@ pub struct Admin {
     pub bearer_token: Option<String>,
     pub spool: Arc<Spool>,
     pub forward: Arc<ForwardStatus>,
+    pub edge: Arc<Edge>,
 }
 
 #[derive(serde::Serialize)]
@@ -39,6 +60,11 @@ struct SpoolReport {
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Signal) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     metrics::counter!(m::ADMIN_UNAUTHORIZED_TOTAL).absolute(0);
+    for action in ["suppress", "unsuppress", "erase", "export"] {
+        metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => action).absolute(0);
+    }
+    metrics::counter!(m::PRIVACY_ERASED_EVENTS_TOTAL).absolute(0);
+    publish_suppressed(&admin);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -53,7 +79,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Signa
         let admin = admin.clone();
         let service = hyper::service::service_fn(move |request| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(answer(&admin, &request)) }
+            async move { Ok::<_, Infallible>(answer(&admin, request).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -70,16 +96,10 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Signa
     }
 }
 
-fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".into(),
-        );
-    }
-    let path = request.uri().path();
+async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBody> {
+    let path = request.uri().path().to_owned();
     let protected = path == "/metrics" || path.starts_with("/admin/");
-    if protected && !authorized(admin, request) {
+    if protected && !authorized(admin, &request) {
         metrics::counter!(m::ADMIN_UNAUTHORIZED_TOTAL).increment(1);
         let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
         response
@@ -87,38 +107,12 @@ fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match admin.health.check() {
-            Ok(()) => {
-                metrics::gauge!(m::READY).set(1.0);
-                text(StatusCode::OK, "ready\n".into())
-            }
-            Err(why) => {
-                metrics::gauge!(m::READY).set(0.0);
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                )
-            }
-        },
-        "/admin/spool" => {
-            let report = SpoolReport {
-                spool: admin.spool.snapshot(),
-                sink: admin.forward.status(),
-            };
-            match serde_json::to_string_pretty(&report) {
-                Ok(json) => {
-                    let mut response = text(StatusCode::OK, json + "\n");
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    response
-                }
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n".into()),
-            }
-        }
-        "/metrics" => {
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (segments.as_slice(), &method) {
+        (["healthz"], &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n".into()),
+        (["readyz"], &Method::GET | &Method::HEAD) => readiness(admin),
+        (["metrics"], &Method::GET | &Method::HEAD) => {
             let mut response = text(StatusCode::OK, admin.prometheus.render());
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -126,8 +120,276 @@ fn answer<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
             );
             response
         }
+        (["admin", "spool"], &Method::GET | &Method::HEAD) => json(
+            StatusCode::OK,
+            &SpoolReport {
+                spool: admin.spool.snapshot(),
+                sink: admin.forward.status(),
+            },
+        ),
+        (["admin", "suppressions", tenant, recipient], _) => {
+            match (decode(tenant), decode(recipient)) {
+                (Some(tenant), Some(recipient)) => {
+                    suppression(admin, &method, &tenant, &recipient).await
+                }
+                _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding\n".into()),
+            }
+        }
+        (["admin", "subjects", tenant, recipient], &Method::DELETE) => {
+            match (decode(tenant), decode(recipient)) {
+                (Some(tenant), Some(recipient)) => erase(admin, &tenant, &recipient).await,
+                _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding\n".into()),
+            }
+        }
+        (["admin", "subjects", tenant, recipient, "export"], &Method::GET) => {
+            match (decode(tenant), decode(recipient)) {
+                (Some(tenant), Some(recipient)) => export(admin, tenant, recipient),
+                _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding\n".into()),
+            }
+        }
+        (
+            ["healthz" | "readyz" | "metrics"]
+            | ["admin", "spool"]
+            | ["admin", "subjects", _, _]
+            | ["admin", "subjects", _, _, "export"],
+            _,
+        ) => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+fn readiness(admin: &Admin) -> Response<AdminBody> {
+    match admin.health.check() {
+        Ok(()) => {
+            metrics::gauge!(m::READY).set(1.0);
+            text(StatusCode::OK, "ready\n".into())
+        }
+        Err(why) => {
+            metrics::gauge!(m::READY).set(0.0);
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+        }
+    }
+}
+
+async fn suppression(
+    admin: &Arc<Admin>,
+    method: &Method,
+    tenant: &str,
+    recipient: &str,
+) -> Response<AdminBody> {
+    let suppressions = &admin.edge.privacy.suppressions;
+    let (action, result) = match *method {
+        Method::GET => {
+            let suppressed = suppressions.contains(tenant, recipient);
+            let status = if suppressed {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            return json(status, &serde_json::json!({ "suppressed": suppressed }));
+        }
+        Method::PUT => (
+            "suppress",
+            blocking(admin, {
+                let (tenant, recipient) = (tenant.to_owned(), recipient.to_owned());
+                move |admin: &Admin| admin.edge.privacy.suppressions.add(&tenant, &recipient)
+            })
+            .await,
+        ),
+        Method::DELETE => (
+            "unsuppress",
+            blocking(admin, {
+                let (tenant, recipient) = (tenant.to_owned(), recipient.to_owned());
+                move |admin: &Admin| admin.edge.privacy.suppressions.remove(&tenant, &recipient)
+            })
+            .await,
+        ),
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            )
+        }
+    };
+    metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => action).increment(1);
+    publish_suppressed(admin);
+    match result {
+        Ok(changed) => {
+            audit(action, tenant, recipient, &format!("changed={changed}"));
+            json(StatusCode::OK, &serde_json::json!({ "changed": changed }))
+        }
+        Err(err) => {
+            audit(action, tenant, recipient, "failed");
+            tracing::error!(error = %err, "suppression list write failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n".into())
+        }
+    }
+}
+
+async fn erase(admin: &Arc<Admin>, tenant: &str, recipient: &str) -> Response<AdminBody> {
+    metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => "erase").increment(1);
+    let (t, r) = (tenant.to_owned(), recipient.to_owned());
+    // Suppress first so nothing new is recorded while the spool is swept.
+    let erased = blocking(admin, move |admin: &Admin| {
+        admin.edge.privacy.suppressions.add(&t, &r)?;
+        subjects::erase(&admin.spool, &t, &r)
+    })
+    .await;
+    publish_suppressed(admin);
+    let erased = match erased {
+        Ok(erased) => erased,
+        Err(err) => {
+            audit("erase", tenant, recipient, "failed");
+            tracing::error!(error = %err, "erasure failed");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n".into());
+        }
+    };
+    metrics::counter!(m::PRIVACY_ERASED_EVENTS_TOTAL)
+        .increment(erased.events + erased.dead_letters);
+    let queued = queue_erasure_record(&admin.edge, tenant, recipient).await;
+    audit(
+        "erase",
+        tenant,
+        recipient,
+        &format!(
+            "events={} dead_letters={} erasure_record_queued={queued}",
+            erased.events, erased.dead_letters
+        ),
+    );
+    let body = serde_json::json!({
+        "removed": erased.events + erased.dead_letters,
+        "spool_events": erased.events,
+        "dead_letters": erased.dead_letters,
+        "suppressed": true,
+        "erasure_record_queued": queued,
+    });
+    // The local erasure is done either way; a 503 tells the caller to repeat the call
+    // (it is idempotent) so the upstream hears of it too.
+    let status = if queued {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
+}
+
+/// Queues the record that tells the upstream to erase the subject too.
+async fn queue_erasure_record(edge: &Edge, tenant: &str, recipient: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + ERASURE_RECORD_WAIT;
+    loop {
+        let at_ms = now_ms();
+        let record = Event {
+            v: SCHEMA_VERSION,
+            id: edge.ids.next(at_ms),
+            ts: at_ms,
+            kind: EventKind::Erasure,
+            tenant: tenant.to_owned(),
+            campaign: String::new(),
+            message: String::new(),
+            recipient: Some(recipient.to_owned()),
+            link: 0,
+            target: None,
+            ip: None,
+            ua: None,
+            dnt: false,
+            gpc: false,
+            head: false,
+            self_open: false,
+            node: edge.node.clone(),
+        };
+        match edge.events.send(record) {
+            Ok(()) => return true,
+            Err(crate::spool::DropReason::ChannelFull)
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn export(admin: &Arc<Admin>, tenant: String, recipient: String) -> Response<AdminBody> {
+    metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => "export").increment(1);
+    let (mut sender, body) = Channel::<Bytes>::new(4);
+    let admin = admin.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let exported = subjects::export(&admin.spool, &tenant, &recipient, |chunk| {
+            runtime
+                .block_on(sender.send_data(Bytes::from(chunk)))
+                .is_ok()
+        });
+        let outcome = match exported {
+            Ok(events) => format!("events={events}"),
+            Err(err) => {
+                tracing::error!(error = %err, "export failed part way");
+                "failed".to_owned()
+            }
+        };
+        audit("export", &tenant, &recipient, &outcome);
+    });
+    let mut response = Response::new(Either::Right(body));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// Runs storage work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    admin: &Arc<Admin>,
+    work: impl FnOnce(&Admin) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    let admin = admin.clone();
+    match tokio::task::spawn_blocking(move || work(&admin)).await {
+        Ok(result) => result,
+        Err(_) => Err(crate::store::StoreError::from(sled::Error::ReportableBug(
+            "admin storage task panicked".into(),
+        ))),
+    }
+}
+
+fn publish_suppressed(admin: &Admin) {
+    metrics::gauge!(m::PRIVACY_SUPPRESSED_RECIPIENTS)
+        .set(admin.edge.privacy.suppressions.len() as f64);
+}
+
+/// One line per privacy call; the recipient appears only as a short hash.
+fn audit(action: &str, tenant: &str, recipient: &str, outcome: &str) {
+    let digest = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(recipient.as_bytes())
+        .finalize();
+    let subject: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    tracing::info!(target: "trackedge::audit", action, tenant, subject, outcome, "privacy admin call");
+}
+
+/// Percent-decodes one path segment (UTF-8 required).
+fn decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = segment.get(index + 1..index + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.is_empty()).then_some(text)
 }
 
 fn authorized<B>(admin: &Admin, request: &Request<B>) -> bool {
@@ -152,14 +414,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<AdminBody> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => {
+            let mut response = text(status, body + "\n");
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n".into()),
+    }
 }
 
 #[cfg(test)]
@@ -172,5 +447,16 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secre"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(decode("r%201").as_deref(), Some("r 1"));
+        assert_eq!(decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(decode("plain").as_deref(), Some("plain"));
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%4"), None);
+        assert_eq!(decode("%FF"), None, "not UTF-8");
+        assert_eq!(decode(""), None);
     }
 }

@@ -56,6 +56,8 @@ pub struct RawConfig {
     pub tokens: RawTokens,
     pub spool: RawSpool,
     pub forward: RawForward,
+    pub privacy: RawPrivacy,
+    pub retention: RawRetention,
     pub log: RawLog,
     pub shutdown: RawShutdown,
 }
@@ -107,9 +109,31 @@ pub struct RawSpool {
     pub durability: String,
     pub flush_every_ms: u64,
     pub max_bytes: u64,
-    pub max_age_secs: u64,
     pub full_policy: String,
     pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPrivacy {
+    pub ip_mode: String,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub ua_mode: String,
+    pub dnt_policy: String,
+    pub optout_cookie: String,
+    pub optout_cookie_days: u32,
+    pub cookie_secure: bool,
+    pub sender_cookie: String,
+    pub sender_cookie_days: u32,
+    pub self_open_window_secs: u64,
+    pub self_open_policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    pub max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -181,6 +205,8 @@ impl Default for RawConfig {
             tokens: RawTokens::default(),
             spool: RawSpool::default(),
             forward: RawForward::default(),
+            privacy: RawPrivacy::default(),
+            retention: RawRetention::default(),
             log: RawLog::default(),
             shutdown: RawShutdown::default(),
         }
@@ -231,9 +257,35 @@ impl Default for RawSpool {
             durability: "interval".into(),
             flush_every_ms: 100,
             max_bytes: 1 << 30,
-            max_age_secs: 7 * 24 * 3600,
             full_policy: "drop_oldest".into(),
             cache_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for RawPrivacy {
+    fn default() -> Self {
+        Self {
+            ip_mode: "truncate".into(),
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            ua_mode: "full".into(),
+            dnt_policy: "flag".into(),
+            optout_cookie: "te_optout".into(),
+            optout_cookie_days: 1825,
+            cookie_secure: true,
+            sender_cookie: "te_sender".into(),
+            sender_cookie_days: 365,
+            self_open_window_secs: 0,
+            self_open_policy: "flag".into(),
+        }
+    }
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -320,6 +372,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub spool: SpoolConfig,
     pub forward: ForwardConfig,
+    pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -367,9 +420,49 @@ pub struct SpoolConfig {
     pub batch_delay: Duration,
     pub durability: Durability,
     pub max_bytes: u64,
+    /// `retention.max_age_secs`: events and dead letters older than this go.
     pub max_age: Duration,
     pub full_policy: FullPolicy,
     pub cache_bytes: u64,
+}
+
+/// What is kept of the client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpMode {
+    Truncate { ipv4_prefix: u8, ipv6_prefix: u8 },
+    Full,
+    Hash,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaMode {
+    Full,
+    ParsedOnly,
+}
+
+/// What `DNT: 1` / `Sec-GPC: 1` do, and what a self-open does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalPolicy {
+    Ignore,
+    Flag,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivacyConfig {
+    pub ip_mode: IpMode,
+    pub ua_mode: UaMode,
+    pub dnt_policy: SignalPolicy,
+    pub optout_cookie: String,
+    pub optout_cookie_max_age: Duration,
+    pub cookie_secure: bool,
+    pub sender_cookie: String,
+    pub sender_cookie_max_age: Duration,
+    /// `None`: self-opens are only known by the sender cookie.
+    pub self_open_window: Option<Duration>,
+    /// `Flag` or `Drop` (never `Ignore`).
+    pub self_open_policy: SignalPolicy,
 }
 
 /// When spooled events become durable.
@@ -561,8 +654,9 @@ impl RawConfig {
                     100,
                 )?,
             },
-            spool: validate_spool(&self.data_dir, self.spool)?,
+            spool: validate_spool(&self.data_dir, self.spool, &self.retention)?,
             forward: validate_forward(&self.data_dir, self.forward)?,
+            privacy: validate_privacy(self.privacy)?,
             log: LogConfig {
                 format: match self.log.format.as_str() {
                     "text" => LogFormat::Text,
@@ -658,7 +752,104 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
     })
 }
 
-fn validate_spool(data_dir: &str, raw: RawSpool) -> Result<SpoolConfig, ConfigError> {
+fn cookie_name(key: &'static str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(invalid(key, format!("{name:?} is not a cookie name")));
+    }
+    Ok(name.to_owned())
+}
+
+fn days(value: u32) -> Duration {
+    Duration::from_secs(u64::from(value) * 86_400)
+}
+
+fn validate_privacy(raw: RawPrivacy) -> Result<PrivacyConfig, ConfigError> {
+    let ip_mode = match raw.ip_mode.as_str() {
+        "truncate" => {
+            if !(8..=32).contains(&raw.ipv4_prefix) {
+                return Err(invalid("privacy.ipv4_prefix", "must be between 8 and 32"));
+            }
+            if !(16..=128).contains(&raw.ipv6_prefix) {
+                return Err(invalid("privacy.ipv6_prefix", "must be between 16 and 128"));
+            }
+            IpMode::Truncate {
+                ipv4_prefix: raw.ipv4_prefix,
+                ipv6_prefix: raw.ipv6_prefix,
+            }
+        }
+        "full" => IpMode::Full,
+        "hash" => IpMode::Hash,
+        "none" => IpMode::None,
+        other => {
+            return Err(invalid(
+                "privacy.ip_mode",
+                format!("must be \"truncate\", \"full\", \"hash\" or \"none\", not {other:?}"),
+            ))
+        }
+    };
+    let ua_mode = match raw.ua_mode.as_str() {
+        "full" => UaMode::Full,
+        "parsed_only" => UaMode::ParsedOnly,
+        other => {
+            return Err(invalid(
+                "privacy.ua_mode",
+                format!("must be \"full\" or \"parsed_only\", not {other:?}"),
+            ))
+        }
+    };
+    let dnt_policy = match raw.dnt_policy.as_str() {
+        "ignore" => SignalPolicy::Ignore,
+        "flag" => SignalPolicy::Flag,
+        "drop" => SignalPolicy::Drop,
+        other => {
+            return Err(invalid(
+                "privacy.dnt_policy",
+                format!("must be \"ignore\", \"flag\" or \"drop\", not {other:?}"),
+            ))
+        }
+    };
+    let self_open_policy = match raw.self_open_policy.as_str() {
+        "flag" => SignalPolicy::Flag,
+        "drop" => SignalPolicy::Drop,
+        other => {
+            return Err(invalid(
+                "privacy.self_open_policy",
+                format!("must be \"flag\" or \"drop\", not {other:?}"),
+            ))
+        }
+    };
+    let optout_cookie = cookie_name("privacy.optout_cookie", &raw.optout_cookie)?;
+    let sender_cookie = cookie_name("privacy.sender_cookie", &raw.sender_cookie)?;
+    if optout_cookie == sender_cookie {
+        return Err(invalid(
+            "privacy.sender_cookie",
+            "must differ from privacy.optout_cookie",
+        ));
+    }
+    Ok(PrivacyConfig {
+        ip_mode,
+        ua_mode,
+        dnt_policy,
+        optout_cookie,
+        optout_cookie_max_age: days(raw.optout_cookie_days.max(1)),
+        cookie_secure: raw.cookie_secure,
+        sender_cookie,
+        sender_cookie_max_age: days(raw.sender_cookie_days.max(1)),
+        self_open_window: (raw.self_open_window_secs > 0)
+            .then(|| Duration::from_secs(raw.self_open_window_secs)),
+        self_open_policy,
+    })
+}
+
+fn validate_spool(
+    data_dir: &str,
+    raw: RawSpool,
+    retention: &RawRetention,
+) -> Result<SpoolConfig, ConfigError> {
     if raw.dir.is_empty() {
         return Err(invalid("spool.dir", "must not be empty"));
     }
@@ -688,8 +879,8 @@ fn validate_spool(data_dir: &str, raw: RawSpool) -> Result<SpoolConfig, ConfigEr
     if raw.max_bytes < 1 << 16 {
         return Err(invalid("spool.max_bytes", "must be at least 65536"));
     }
-    if raw.max_age_secs == 0 {
-        return Err(invalid("spool.max_age_secs", "must be at least 1"));
+    if retention.max_age_secs == 0 {
+        return Err(invalid("retention.max_age_secs", "must be at least 1"));
     }
     // A bound smaller than a few commits would drop whole batches at a time.
     if raw.max_batch_bytes as u64 > raw.max_bytes / 4 {
@@ -711,7 +902,7 @@ fn validate_spool(data_dir: &str, raw: RawSpool) -> Result<SpoolConfig, ConfigEr
         batch_delay: millis("spool.batch_delay_ms", raw.batch_delay_ms, 0)?,
         durability,
         max_bytes: raw.max_bytes,
-        max_age: Duration::from_secs(raw.max_age_secs),
+        max_age: Duration::from_secs(retention.max_age_secs),
         full_policy,
         cache_bytes: raw.cache_bytes.max(1 << 20),
     })
@@ -970,6 +1161,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("spool.full_policy"), "{err}");
+    }
+
+    #[test]
+    fn privacy_modes_are_validated() {
+        let config = parse("[privacy]\nip_mode = \"truncate\"\nipv4_prefix = 16\n").unwrap();
+        assert_eq!(
+            config.privacy.ip_mode,
+            IpMode::Truncate {
+                ipv4_prefix: 16,
+                ipv6_prefix: 48
+            }
+        );
+        for (text, key) in [
+            ("[privacy]\nip_mode = \"blur\"\n", "privacy.ip_mode"),
+            ("[privacy]\nipv4_prefix = 40\n", "privacy.ipv4_prefix"),
+            ("[privacy]\ndnt_policy = \"maybe\"\n", "privacy.dnt_policy"),
+            (
+                "[privacy]\noptout_cookie = \"a b\"\n",
+                "privacy.optout_cookie",
+            ),
+            (
+                "[privacy]\nself_open_policy = \"ignore\"\n",
+                "privacy.self_open_policy",
+            ),
+            ("[retention]\nmax_age_secs = 0\n", "retention.max_age_secs"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! 48 bits of milliseconds, 16 bits chosen at random when the process starts and a
 //! 64-bit sequence, so they sort by time and never repeat on one edge node.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,8 +22,7 @@ pub struct Event {
     pub id: EventId,
     /// Unix milliseconds when the request was answered.
     pub ts: u64,
-    #[serde(serialize_with = "kind_name")]
-    pub kind: Kind,
+    pub kind: EventKind,
     pub tenant: String,
     pub campaign: String,
     pub message: String,
@@ -33,18 +31,40 @@ pub struct Event {
     pub link: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// Already reduced by the privacy policy; never the full address by default.
-    pub ip: Option<IpAddr>,
+    /// As the privacy policy allows: truncated (default), hashed, full or absent.
+    pub ip: Option<String>,
     pub ua: Option<String>,
     pub dnt: bool,
     pub gpc: bool,
     /// True for HEAD requests, which link scanners favour.
     pub head: bool,
+    /// The sender's own open (sender cookie or within the window after sending).
+    #[serde(rename = "self")]
+    pub self_open: bool,
     pub node: Arc<str>,
 }
 
-fn kind_name<S: Serializer>(kind: &Kind, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(kind.as_str())
+/// What an event records: a tracked request, or an erasure to apply downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Tracked(Kind),
+    /// All of a recipient's data was erased here; the receiver should erase its own.
+    Erasure,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Tracked(kind) => kind.as_str(),
+            EventKind::Erasure => "erasure",
+        }
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// A time-ordered, node-unique event id; prints as 26 Crockford base32 characters.
@@ -139,18 +159,19 @@ mod tests {
             v: SCHEMA_VERSION,
             id: EventId(1),
             ts: 1_700_000_000_000,
-            kind: Kind::Click,
+            kind: EventKind::Tracked(Kind::Click),
             tenant: "acme".into(),
             campaign: "c".into(),
             message: "m".into(),
             recipient: None,
             link: 2,
             target: Some("https://example.com/".into()),
-            ip: Some("203.0.113.0".parse().unwrap()),
+            ip: Some("203.0.113.0".into()),
             ua: Some("Mozilla/5.0".into()),
             dnt: false,
             gpc: true,
             head: false,
+            self_open: false,
             node: "edge-1".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();
@@ -159,5 +180,6 @@ mod tests {
         assert_eq!(json["ip"], "203.0.113.0");
         assert_eq!(json["link"], 2);
         assert!(json.get("recipient").is_none());
+        assert_eq!(json["self"], false);
     }
 }

@@ -56,6 +56,8 @@ pub mod server;
 pub mod shutdown;
 pub mod spool;
 pub mod store;
+pub mod subjects;
+pub mod suppression;
 pub mod tls;
 pub mod token;
 

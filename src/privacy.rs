@@ -1,32 +1,304 @@
-//! Privacy rules applied before anything is written: today, IP truncation.
+//! The privacy stage: whether a hit may be recorded at all, and what of the client
+//! address and user agent may be kept.
 //!
-//! The full address is used in memory only (later: GeoIP); what reaches an event is
-//! the network prefix, IPv4 /24 and IPv6 /48, with IPv4-mapped IPv6 treated as IPv4.
+//! Runs on the request path after the token is verified and before anything is built
+//! for storage. Nothing here writes: a refusal only counts its reason
+//! (`trackedge_privacy_not_recorded_total{reason}`) and logs nothing that identifies
+//! the recipient. The full client address is used in memory only (GeoIP); what leaves
+//! this module is truncated, hashed, full or nothing, as `privacy.ip_mode` says.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
-pub const IPV4_PREFIX_BITS: u8 = 24;
-pub const IPV6_PREFIX_BITS: u8 = 48;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
+use metrics::Counter;
+use sha2::Sha256;
 
-/// Keeps only the network part of `ip`.
-pub fn truncate_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(truncate_v4(v4, IPV4_PREFIX_BITS)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(truncate_v4(v4, IPV4_PREFIX_BITS)),
-            None => IpAddr::V6(truncate_v6(v6, IPV6_PREFIX_BITS)),
-        },
+use crate::config::{IpMode, PrivacyConfig, SignalPolicy, UaMode};
+use crate::metrics as m;
+use crate::suppression::Suppressions;
+use crate::token::{Claims, Kind};
+
+/// User agents longer than this are cut (on a character boundary) before storage.
+pub const MAX_UA_BYTES: usize = 512;
+/// How many tenants one sender cookie remembers.
+const MAX_SENDER_TENANTS: usize = 8;
+
+/// Why a verified hit is answered but not recorded. `as_str` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    OptedOut,
+    Suppressed,
+    DoNotTrack,
+    SelfOpen,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 4] = [
+        SkipReason::OptedOut,
+        SkipReason::Suppressed,
+        SkipReason::DoNotTrack,
+        SkipReason::SelfOpen,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::OptedOut => "opted_out",
+            SkipReason::Suppressed => "suppressed",
+            SkipReason::DoNotTrack => "do_not_track",
+            SkipReason::SelfOpen => "self_open",
+        }
     }
 }
 
-fn truncate_v4(ip: Ipv4Addr, bits: u8) -> Ipv4Addr {
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    Ipv4Addr::from(u32::from(ip) & mask)
+/// What a recorded hit is marked with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub dnt: bool,
+    pub gpc: bool,
+    pub self_open: bool,
 }
 
-fn truncate_v6(ip: Ipv6Addr, bits: u8) -> Ipv6Addr {
-    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-    Ipv6Addr::from(u128::from(ip) & mask)
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    #[error("cannot read or create the IP hash key {path}: {source}")]
+    HashKey {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Privacy {
+    config: PrivacyConfig,
+    ip_hash: Option<Hmac<Sha256>>,
+    pub suppressions: Suppressions,
+    skipped: [Counter; SkipReason::ALL.len()],
+}
+
+impl Privacy {
+    pub fn new(
+        config: &PrivacyConfig,
+        data_dir: &Path,
+        suppressions: Suppressions,
+    ) -> Result<Privacy, PrivacyError> {
+        let ip_hash = match config.ip_mode {
+            IpMode::Hash => Some(hash_key(&data_dir.join("ip-hash.key"))?),
+            _ => None,
+        };
+        Ok(Privacy {
+            config: config.clone(),
+            ip_hash,
+            suppressions,
+            skipped: SkipReason::ALL.map(|reason| {
+                metrics::counter!(m::PRIVACY_NOT_RECORDED_TOTAL, "reason" => reason.as_str())
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &PrivacyConfig {
+        &self.config
+    }
+
+    /// Decides whether a verified hit is recorded, and with which marks.
+    pub fn decide(
+        &self,
+        claims: &Claims,
+        headers: &HeaderMap,
+        now_secs: u64,
+    ) -> Result<Marks, SkipReason> {
+        let result = self.decide_uncounted(claims, headers, now_secs);
+        if let Err(reason) = result {
+            let index = SkipReason::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .expect("ALL lists every reason");
+            self.skipped[index].increment(1);
+        }
+        result
+    }
+
+    fn decide_uncounted(
+        &self,
+        claims: &Claims,
+        headers: &HeaderMap,
+        now_secs: u64,
+    ) -> Result<Marks, SkipReason> {
+        if cookie(headers, &self.config.optout_cookie).is_some() {
+            return Err(SkipReason::OptedOut);
+        }
+        let subject = claims.recipient.as_deref().unwrap_or(&claims.message);
+        if self.suppressions.contains(&claims.tenant, subject) {
+            return Err(SkipReason::Suppressed);
+        }
+        let (dnt, gpc) = match self.config.dnt_policy {
+            SignalPolicy::Ignore => (false, false),
+            SignalPolicy::Flag | SignalPolicy::Drop => (
+                header_is_one(headers, "dnt"),
+                header_is_one(headers, "sec-gpc"),
+            ),
+        };
+        if self.config.dnt_policy == SignalPolicy::Drop && (dnt || gpc) {
+            return Err(SkipReason::DoNotTrack);
+        }
+        let self_open = self.is_self_open(claims, headers, now_secs);
+        if self_open && self.config.self_open_policy == SignalPolicy::Drop {
+            return Err(SkipReason::SelfOpen);
+        }
+        Ok(Marks {
+            dnt,
+            gpc,
+            self_open,
+        })
+    }
+
+    fn is_self_open(&self, claims: &Claims, headers: &HeaderMap, now_secs: u64) -> bool {
+        if claims.kind == Kind::Unsubscribe {
+            return false;
+        }
+        let by_cookie = cookie(headers, &self.config.sender_cookie)
+            .is_some_and(|value| sender_tenants(value).any(|t| t == claims.tenant.as_bytes()));
+        let by_window = claims.kind == Kind::Open
+            && match (self.config.self_open_window, claims.sent_at) {
+                (Some(window), Some(sent_at)) => {
+                    now_secs >= sent_at && now_secs - sent_at <= window.as_secs()
+                }
+                _ => false,
+            };
+        by_cookie || by_window
+    }
+
+    /// The client address as it may be stored.
+    pub fn ip(&self, ip: IpAddr, now_secs: u64) -> Option<String> {
+        let ip = canonical(ip);
+        match self.config.ip_mode {
+            IpMode::Truncate {
+                ipv4_prefix,
+                ipv6_prefix,
+            } => Some(truncate_ip(ip, ipv4_prefix, ipv6_prefix).to_string()),
+            IpMode::Full => Some(ip.to_string()),
+            IpMode::None => None,
+            IpMode::Hash => self.ip_hash.as_ref().map(|key| {
+                let mut mac = key.clone();
+                // The UTC day is the rotating salt: one address hashes alike within a
+                // day and unlinkably across days.
+                mac.update(&(now_secs / 86_400).to_be_bytes());
+                match ip {
+                    IpAddr::V4(v4) => mac.update(&v4.octets()),
+                    IpAddr::V6(v6) => mac.update(&v6.octets()),
+                }
+                let digest = mac.finalize().into_bytes();
+                digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+            }),
+        }
+    }
+
+    /// The user agent as it may be stored.
+    pub fn ua(&self, raw: Option<&HeaderValue>) -> Option<String> {
+        match self.config.ua_mode {
+            UaMode::ParsedOnly => None,
+            UaMode::Full => raw.map(|ua| user_agent(ua.as_bytes())),
+        }
+    }
+
+    /// The sender cookie value after adding `tenant` to what `headers` carried.
+    pub fn sender_cookie_value(&self, headers: &HeaderMap, tenant: &str) -> String {
+        let encoded = URL_SAFE_NO_PAD.encode(tenant);
+        let mut tenants: Vec<String> = cookie(headers, &self.config.sender_cookie)
+            .map(|value| {
+                sender_tenants(value)
+                    .map(|t| URL_SAFE_NO_PAD.encode(t))
+                    .filter(|t| *t != encoded)
+                    .collect()
+            })
+            .unwrap_or_default();
+        tenants.truncate(MAX_SENDER_TENANTS - 1);
+        tenants.insert(0, encoded);
+        tenants.join(".")
+    }
+}
+
+/// At most [`MAX_UA_BYTES`] of the header; a character split by the cut becomes U+FFFD.
+pub fn user_agent(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&raw[..raw.len().min(MAX_UA_BYTES)]).into_owned()
+}
+
+fn sender_tenants(value: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    value
+        .split(|&b| b == b'.')
+        .filter_map(|part| URL_SAFE_NO_PAD.decode(part).ok())
+}
+
+/// The value of cookie `name` in any `Cookie` header.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|header| {
+        header.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..at] == name.as_bytes()).then(|| &pair[at + 1..])
+        })
+    })
+}
+
+fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|value| value.as_bytes().trim_ascii() == b"1")
+}
+
+fn hash_key(path: &Path) -> Result<Hmac<Sha256>, PrivacyError> {
+    let io = |source| PrivacyError::HashKey {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(mut file) => std::io::Write::write_all(&mut file, hex.as_bytes()).map_err(io)?,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(io(err)),
+        }
+    }
+    let secret = std::fs::read_to_string(path).map_err(io)?;
+    Ok(
+        Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes())
+            .expect("HMAC takes any key length"),
+    )
+}
+
+/// IPv4-mapped IPv6 addresses are IPv4 addresses.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Keeps only the network part of `ip`.
+pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(ipv4_prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -34,14 +306,39 @@ mod tests {
     use super::*;
 
     fn t(ip: &str) -> String {
-        truncate_ip(ip.parse().unwrap()).to_string()
+        truncate_ip(ip.parse().unwrap(), 24, 48).to_string()
     }
 
     #[test]
-    fn keeps_only_the_network() {
+    fn truncation_keeps_only_the_network() {
         assert_eq!(t("203.0.113.77"), "203.0.113.0");
         assert_eq!(t("2001:db8:abcd:12:1:2:3:4"), "2001:db8:abcd::");
         assert_eq!(t("::ffff:198.51.100.9"), "198.51.100.0");
         assert_eq!(t("::1"), "::");
+        assert_eq!(
+            truncate_ip("203.0.113.77".parse().unwrap(), 16, 48).to_string(),
+            "203.0.0.0"
+        );
+        assert_eq!(
+            truncate_ip("203.0.113.77".parse().unwrap(), 32, 128).to_string(),
+            "203.0.113.77"
+        );
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1; te_optout=1"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&headers, "te_optout"), Some(&b"1"[..]));
+        assert_eq!(cookie(&headers, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&headers, "te_opt"), None);
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn long_user_agents_are_cut() {
+        assert_eq!(user_agent(&[b'a'; 10_000]).len(), MAX_UA_BYTES);
+        assert!(user_agent("é".repeat(1000).as_bytes()).len() <= MAX_UA_BYTES + 2);
     }
 }

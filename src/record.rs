@@ -71,6 +71,18 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Copies a record from another segment (erasure rewrites segments this way).
+    pub fn push_raw(&mut self, record: RecordRef<'_>) {
+        let start = self.buf.len();
+        let len = (8 + record.json.len()) as u32;
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        self.buf.extend_from_slice(&record.ts_ms.to_be_bytes());
+        self.buf.extend_from_slice(record.json);
+        self.starts.push(start);
+        self.oldest = self.oldest.min(record.ts_ms);
+        self.newest = self.newest.max(record.ts_ms);
+    }
+
     pub fn len(&self) -> usize {
         self.starts.len()
     }
@@ -194,7 +206,7 @@ mod tests {
             v: SCHEMA_VERSION,
             id: EventId(n),
             ts,
-            kind: Kind::Open,
+            kind: crate::event::EventKind::Tracked(Kind::Open),
             tenant: "t".into(),
             campaign: "c".into(),
             message: format!("m{n}"),
@@ -206,6 +218,7 @@ mod tests {
             dnt: false,
             gpc: false,
             head: false,
+            self_open: false,
             node: "n".into(),
         }
     }

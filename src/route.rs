@@ -7,6 +7,7 @@
 //! and a GET never changes state (link scanners fetch every URL in a mail).
 
 mod click;
+mod optout;
 mod pixel;
 pub mod response;
 pub mod unsubscribe;
@@ -18,16 +19,13 @@ use std::time::{Duration, Instant};
 use http::header::{ALLOW, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
-use crate::event::{now_ms, Event, IdGenerator, SCHEMA_VERSION};
+use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
 use crate::keys::Keys;
 use crate::metrics::RequestMetrics;
-use crate::privacy;
+use crate::privacy::Privacy;
 use crate::spool::EventSender;
 use crate::token::{self, Claims, Kind, TokenError};
 use response::Body;
-
-/// User agents longer than this are cut (on a character boundary) before storage.
-pub const MAX_UA_BYTES: usize = 512;
 
 /// Everything the request path shares, built once at start.
 pub struct Edge {
@@ -35,6 +33,7 @@ pub struct Edge {
     pub events: EventSender,
     pub ids: IdGenerator,
     pub metrics: RequestMetrics,
+    pub privacy: Privacy,
     pub node: Arc<str>,
     pub max_token_bytes: usize,
     pub max_body_bytes: usize,
@@ -50,16 +49,20 @@ pub enum RouteName {
     Click,
     Download,
     Unsubscribe,
+    OptOut,
+    Sender,
     Healthz,
     NotFound,
 }
 
 impl RouteName {
-    pub const ALL: [RouteName; 6] = [
+    pub const ALL: [RouteName; 8] = [
         RouteName::Pixel,
         RouteName::Click,
         RouteName::Download,
         RouteName::Unsubscribe,
+        RouteName::OptOut,
+        RouteName::Sender,
         RouteName::Healthz,
         RouteName::NotFound,
     ];
@@ -70,6 +73,8 @@ impl RouteName {
             RouteName::Click => "click",
             RouteName::Download => "download",
             RouteName::Unsubscribe => "unsubscribe",
+            RouteName::OptOut => "optout",
+            RouteName::Sender => "sender",
             RouteName::Healthz => "healthz",
             RouteName::NotFound => "not_found",
         }
@@ -176,6 +181,8 @@ where
             let token = token.to_owned();
             unsubscribe_answer(edge, request, &token, peer).await
         }
+        RouteName::OptOut => optout::answer(edge, &request, token),
+        RouteName::Sender => optout::sender(edge, &request, token),
         RouteName::Healthz => match *request.method() {
             Method::GET | Method::HEAD => Ok(response::text(StatusCode::OK, "ok\n")),
             _ => Err(HttpError::MethodNotAllowed(GET_HEAD)),
@@ -201,15 +208,19 @@ fn match_path(path: &str) -> (RouteName, &str) {
         Some((RouteName::Download, token))
     } else if let Some(token) = path.strip_prefix("/u/") {
         Some((RouteName::Unsubscribe, token))
+    } else if let Some(token) = path.strip_prefix("/s/") {
+        Some((RouteName::Sender, token))
     } else if path == "/healthz" {
         Some((RouteName::Healthz, ""))
+    } else if path == "/optout" || path == "/optin" {
+        // The "token" tells the two apart; neither carries a real one.
+        Some((RouteName::OptOut, &path[1..]))
     } else {
         None
     };
     match matched {
-        Some((route, token)) if route == RouteName::Healthz || is_token_shaped(token) => {
-            (route, token)
-        }
+        Some((route @ (RouteName::Healthz | RouteName::OptOut), token)) => (route, token),
+        Some((route, token)) if is_token_shaped(token) => (route, token),
         _ => (RouteName::NotFound, ""),
     }
 }
@@ -240,44 +251,36 @@ fn verify(
     })
 }
 
-/// Turns verified claims and the request's facts into an event and queues it.
+/// The privacy stage, then the event: built from verified claims and the request's
+/// facts as the privacy policy allows, and queued without waiting.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
+    let now_secs = hit.now_secs();
+    let Ok(marks) = edge.privacy.decide(&claims, hit.headers, now_secs) else {
+        return;
+    };
     let kind = claims.kind;
     let event = Event {
         v: SCHEMA_VERSION,
         id: edge.ids.next(hit.at_ms),
         ts: hit.at_ms,
-        kind,
+        kind: EventKind::Tracked(kind),
         tenant: claims.tenant,
         campaign: claims.campaign,
         message: claims.message,
         recipient: claims.recipient,
         link: claims.link,
         target: claims.target,
-        ip: Some(privacy::truncate_ip(hit.peer)),
-        ua: hit
-            .headers
-            .get(USER_AGENT)
-            .map(|ua| user_agent(ua.as_bytes())),
-        dnt: header_is_one(hit.headers, "dnt"),
-        gpc: header_is_one(hit.headers, "sec-gpc"),
+        ip: edge.privacy.ip(hit.peer, now_secs),
+        ua: edge.privacy.ua(hit.headers.get(USER_AGENT)),
+        dnt: marks.dnt,
+        gpc: marks.gpc,
         head: hit.head,
+        self_open: marks.self_open,
         node: edge.node.clone(),
     };
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);
     }
-}
-
-fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get(name)
-        .is_some_and(|value| value.as_bytes().trim_ascii() == b"1")
-}
-
-/// At most [`MAX_UA_BYTES`] of the header; a character split by the cut becomes U+FFFD.
-fn user_agent(raw: &[u8]) -> String {
-    String::from_utf8_lossy(&raw[..raw.len().min(MAX_UA_BYTES)]).into_owned()
 }
 
 async fn unsubscribe_answer<B>(
@@ -356,6 +359,9 @@ mod tests {
         assert_eq!(match_path("/f/abc"), (RouteName::Download, "abc"));
         assert_eq!(match_path("/u/abc"), (RouteName::Unsubscribe, "abc"));
         assert_eq!(match_path("/healthz"), (RouteName::Healthz, ""));
+        assert_eq!(match_path("/optout"), (RouteName::OptOut, "optout"));
+        assert_eq!(match_path("/optin"), (RouteName::OptOut, "optin"));
+        assert_eq!(match_path("/s/abc"), (RouteName::Sender, "abc"));
         for path in [
             "/",
             "/o/abc",
@@ -368,13 +374,5 @@ mod tests {
         ] {
             assert_eq!(match_path(path).0, RouteName::NotFound, "{path}");
         }
-    }
-
-    #[test]
-    fn long_user_agents_are_cut() {
-        let ua = user_agent(&[b'a'; 10_000]);
-        assert_eq!(ua.len(), MAX_UA_BYTES);
-        let ua = user_agent("é".repeat(1000).as_bytes());
-        assert!(ua.len() <= MAX_UA_BYTES + 2);
     }
 }

@@ -26,9 +26,11 @@ use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
 use crate::keys::{self, KeyFileError, Keys};
 use crate::metrics::{self as m, RequestMetrics};
+use crate::privacy::{Privacy, PrivacyError};
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
 use crate::spool::{self, SpoolError};
+use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
@@ -58,6 +60,10 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Privacy(#[from] PrivacyError),
+    #[error("cannot load the suppression list: {0}")]
+    Suppressions(crate::store::StoreError),
     #[error("cannot listen on {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -112,11 +118,14 @@ pub async fn run(
         admin: local_addr("admin", &admin_listener)?,
     };
 
+    let suppressions = Suppressions::load(spool.store.clone()).map_err(ServeError::Suppressions)?;
+    let privacy = Privacy::new(&config.privacy, &config.data_dir, suppressions)?;
     let edge = Arc::new(Edge {
         keys: keys.clone(),
         events,
         ids: IdGenerator::new(),
         metrics: RequestMetrics::register(),
+        privacy,
         node: config.node_id.as_str().into(),
         max_token_bytes: config.public.max_token_bytes,
         max_body_bytes: config.public.max_body_bytes,
@@ -138,6 +147,7 @@ pub async fn run(
         bearer_token: config.admin.bearer_token.clone(),
         spool,
         forward: forwarder.status.clone(),
+        edge: edge.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, background.clone()));
     tokio::spawn(keys::watch(

@@ -15,8 +15,8 @@
 //! drains the channel, commits and fsyncs, so nothing is lost.
 //!
 //! Bounds: past `max_bytes` of segments the full policy drops the oldest segments or
-//! refuses the newest events; segments whose newest event is older than `max_age`
-//! are dropped. Every drop is counted
+//! refuses the newest events; segments (and dead letters) whose newest event is older
+//! than `max_age` (`retention.max_age_secs`) are dropped. Every drop is counted
 //! in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -46,16 +46,18 @@ pub enum DropReason {
     ChannelFull,
     WriterStopped,
     SpoolFull,
-    TooOld,
+    Retention,
+    RetentionDeadLetter,
     WriteFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::ChannelFull,
         DropReason::WriterStopped,
         DropReason::SpoolFull,
-        DropReason::TooOld,
+        DropReason::Retention,
+        DropReason::RetentionDeadLetter,
         DropReason::WriteFailed,
     ];
 
@@ -64,7 +66,8 @@ impl DropReason {
             DropReason::ChannelFull => "channel_full",
             DropReason::WriterStopped => "writer_stopped",
             DropReason::SpoolFull => "spool_full",
-            DropReason::TooOld => "too_old",
+            DropReason::Retention => "retention",
+            DropReason::RetentionDeadLetter => "retention_dead_letter",
             DropReason::WriteFailed => "write_failed",
         }
     }
@@ -495,7 +498,7 @@ impl WriterTask {
             match self.spool.store.remove(&expired) {
                 Ok(removed) => {
                     let events = self.spool.note_removed(&removed);
-                    self.dropped(DropReason::TooOld, events);
+                    self.dropped(DropReason::Retention, events);
                 }
                 Err(err) => {
                     self.failed(&err, 0);
@@ -506,8 +509,34 @@ impl WriterTask {
                 break;
             }
         }
+        self.expire_dead_letters(cutoff);
         self.spool.publish_gauges();
         metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(self.depth.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Dead letters fall under the same retention as everything else.
+    fn expire_dead_letters(&mut self, cutoff: u64) {
+        let expired: Result<Vec<Seq>, StoreError> = self
+            .spool
+            .store
+            .dead_letters()
+            .take(EVICT_STEP)
+            .take_while(|entry| {
+                entry.as_ref().map_or(true, |(_, bytes)| {
+                    record::decode(bytes).is_ok_and(|segment| segment.newest_ts < cutoff)
+                })
+            })
+            .map(|entry| entry.map(|(seq, _)| seq))
+            .collect();
+        let removed = expired.and_then(|seqs| self.spool.store.remove_dead_letters(&seqs));
+        match removed {
+            Ok(removed) => {
+                let events: u64 = removed.iter().map(|v| record::count_of(v)).sum();
+                self.spool.note_dead_letters_removed(events);
+                self.dropped(DropReason::RetentionDeadLetter, events);
+            }
+            Err(err) => self.failed(&err, 0),
+        }
     }
 
     fn flush_if_due(&mut self) {
@@ -592,7 +621,7 @@ mod tests {
             v: SCHEMA_VERSION,
             id: EventId(n),
             ts,
-            kind: Kind::Open,
+            kind: crate::event::EventKind::Tracked(Kind::Open),
             tenant: "t".into(),
             campaign: "c".into(),
             message: format!("m{n}"),
@@ -604,6 +633,7 @@ mod tests {
             dnt: false,
             gpc: false,
             head: false,
+            self_open: false,
             node: "n".into(),
         }
     }

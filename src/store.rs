@@ -9,6 +9,8 @@
 //! when the forwarder's sink acknowledged them, when they move to `dead_letters`, or
 //! when a bound (size, age) or an erasure removes or rewrites them; each removal
 //! returns what it actually removed, so callers' counts stay exact when two race.
+//! A third tree, `suppressed`, holds suppression keys (value empty), written
+//! durably at once.
 
 use std::path::Path;
 
@@ -26,6 +28,7 @@ pub struct Store {
     db: sled::Db,
     events: sled::Tree,
     dead: sled::Tree,
+    suppressed: sled::Tree,
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -48,6 +51,7 @@ impl Store {
         Ok(Store {
             events: db.open_tree("events")?,
             dead: db.open_tree("dead_letters")?,
+            suppressed: db.open_tree("suppressed")?,
             db,
         })
     }
@@ -181,6 +185,28 @@ impl Store {
             self.dead.insert(key(seq), value)?;
         }
         Ok(old)
+    }
+
+    /// Adds a suppression key durably; true if it was new.
+    pub fn suppression_insert(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let new = self.suppressed.insert(key, &[])?.is_none();
+        self.db.flush()?;
+        Ok(new)
+    }
+
+    /// Removes a suppression key durably; true if it was there.
+    pub fn suppression_remove(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let was = self.suppressed.remove(key)?.is_some();
+        self.db.flush()?;
+        Ok(was)
+    }
+
+    pub fn suppression_keys(&self) -> Result<Vec<Bytes>, StoreError> {
+        self.suppressed
+            .iter()
+            .keys()
+            .map(|key| key.map_err(StoreError::from))
+            .collect()
     }
 
     /// Bytes the engine uses on disk (logs and snapshots).

@@ -40,10 +40,18 @@ pub enum Kind {
     Click,
     Download,
     Unsubscribe,
+    /// Marks the sender's own browser (self-open detection); never recorded.
+    Sender,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Open, Kind::Click, Kind::Download, Kind::Unsubscribe];
+    pub const ALL: [Kind; 5] = [
+        Kind::Open,
+        Kind::Click,
+        Kind::Download,
+        Kind::Unsubscribe,
+        Kind::Sender,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +59,7 @@ impl Kind {
             Kind::Click => "click",
             Kind::Download => "download",
             Kind::Unsubscribe => "unsubscribe",
+            Kind::Sender => "sender",
         }
     }
 
@@ -64,6 +73,7 @@ impl Kind {
             Kind::Click => 2,
             Kind::Download => 3,
             Kind::Unsubscribe => 4,
+            Kind::Sender => 5,
         }
     }
 
@@ -83,6 +93,7 @@ impl Kind {
             Kind::Click => format!("/c/{token}"),
             Kind::Download => format!("/f/{token}"),
             Kind::Unsubscribe => format!("/u/{token}"),
+            Kind::Sender => format!("/s/{token}"),
         }
     }
 }

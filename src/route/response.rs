@@ -93,6 +93,24 @@ pub const BAD_UNSUBSCRIBE_PAGE: &str =
     "<!doctype html><meta charset=utf-8><title>Bad request</title>\
 <p>An unsubscribe request must carry List-Unsubscribe=One-Click.</p>\n";
 
+pub const OPTOUT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Email tracking</title>\
+<h1>Email tracking on this domain</h1>\
+<p>Senders use this domain to learn whether their emails were opened and which links were \
+clicked: the time, the kind of device and mail app, and an approximate location derived \
+from a shortened network address. Message contents never pass through here.</p>\
+<form method=post action=/optout><button type=submit>Stop recording me</button></form>\
+<p>This sets a cookie on this domain in this browser; emails still display and links still work.</p>\n";
+
+pub const OPTED_OUT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Opted out</title>\
+<p>Nothing is recorded from this browser any more.</p>\
+<form method=post action=/optin><button type=submit>Record me again</button></form>\n";
+
+pub const OPTED_IN_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Opted in</title>\
+<p>Opens and clicks from this browser are recorded again.</p>\n";
+
+pub const SENDER_MARKED_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Sender</title>\
+<p>This browser is marked as the sender's: its own opens are not counted as recipients'.</p>\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
