@@ -163,6 +163,9 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     requests.fetch_add(1, Ordering::SeqCst);
     let status = match mode.load(Ordering::SeqCst) {
+        // A kept-alive connection from before the switch cannot be hung up from
+        // here: refuse on it instead, so nothing is accepted either way.
+        m if m == Mode::Hangup as u8 => StatusCode::SERVICE_UNAVAILABLE,
         m if m == Mode::Status500 as u8 => StatusCode::INTERNAL_SERVER_ERROR,
         m if m == Mode::Status429 as u8 => StatusCode::TOO_MANY_REQUESTS,
         m if m == Mode::Status400 as u8 => StatusCode::BAD_REQUEST,
