@@ -69,10 +69,12 @@ fn hot_path(c: &mut Criterion) {
         health.register("writer", Duration::from_secs(3600)),
     )
     .expect("writer");
+    let config = trackedge::config::Config::from_toml_str("", &Default::default()).expect("config");
     let edge = Edge {
         keys,
         events,
         ids: IdGenerator::new(),
+        enrich: Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
         metrics: RequestMetrics::register(),
         node: "bench".into(),
         max_token_bytes: 4096,

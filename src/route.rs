@@ -1,5 +1,5 @@
 //! The public request path: match the route, then run its stages in order —
-//! token -> privacy -> (enrich) -> respond -> hand the event to the spool.
+//! token -> privacy -> enrich -> respond -> hand the event to the spool.
 //!
 //! Input: a parsed request from `server` and the peer address. Output: a response
 //! built from static bytes (see [`response`]) and at most one [`Event`] handed to
@@ -15,9 +15,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{ALLOW, USER_AGENT};
+use http::header::ALLOW;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::enrich::Enricher;
 use crate::event::{now_ms, Event, IdGenerator, SCHEMA_VERSION};
 use crate::keys::Keys;
 use crate::metrics::RequestMetrics;
@@ -26,14 +27,12 @@ use crate::spool::EventSender;
 use crate::token::{self, Claims, Kind, TokenError};
 use response::Body;
 
-/// User agents longer than this are cut (on a character boundary) before storage.
-pub const MAX_UA_BYTES: usize = 512;
-
 /// Everything the request path shares, built once at start.
 pub struct Edge {
     pub keys: Arc<Keys>,
     pub events: EventSender,
     pub ids: IdGenerator,
+    pub enrich: Arc<Enricher>,
     pub metrics: RequestMetrics,
     pub node: Arc<str>,
     pub max_token_bytes: usize,
@@ -243,6 +242,7 @@ fn verify(
 /// Turns verified claims and the request's facts into an event and queues it.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     let kind = claims.kind;
+    let enriched = edge.enrich.enrich(hit, &claims);
     let event = Event {
         v: SCHEMA_VERSION,
         id: edge.ids.next(hit.at_ms),
@@ -254,11 +254,14 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         recipient: claims.recipient,
         link: claims.link,
         target: claims.target,
-        ip: Some(privacy::truncate_ip(hit.peer)),
-        ua: hit
-            .headers
-            .get(USER_AGENT)
-            .map(|ua| user_agent(ua.as_bytes())),
+        ip: Some(privacy::truncate_ip(enriched.ip)),
+        geo: enriched.geo,
+        asn: enriched.asn,
+        ua: enriched.ua,
+        client: enriched.client,
+        class: enriched.verdict.class,
+        class_reason: enriched.verdict.reason,
+        first: enriched.first,
         dnt: header_is_one(hit.headers, "dnt"),
         gpc: header_is_one(hit.headers, "sec-gpc"),
         head: hit.head,
@@ -273,11 +276,6 @@ fn header_is_one(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get(name)
         .is_some_and(|value| value.as_bytes().trim_ascii() == b"1")
-}
-
-/// At most [`MAX_UA_BYTES`] of the header; a character split by the cut becomes U+FFFD.
-fn user_agent(raw: &[u8]) -> String {
-    String::from_utf8_lossy(&raw[..raw.len().min(MAX_UA_BYTES)]).into_owned()
 }
 
 async fn unsubscribe_answer<B>(
@@ -368,13 +366,5 @@ mod tests {
         ] {
             assert_eq!(match_path(path).0, RouteName::NotFound, "{path}");
         }
-    }
-
-    #[test]
-    fn long_user_agents_are_cut() {
-        let ua = user_agent(&[b'a'; 10_000]);
-        assert_eq!(ua.len(), MAX_UA_BYTES);
-        let ua = user_agent("é".repeat(1000).as_bytes());
-        assert!(ua.len() <= MAX_UA_BYTES + 2);
     }
 }

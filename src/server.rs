@@ -46,6 +46,8 @@ pub enum ServeError {
     Keys(#[from] KeyFileError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
     #[error("cannot open the event output: {0}")]
     Events(std::io::Error),
     #[error("cannot listen on {what} address {addr}: {source}")]
@@ -79,6 +81,10 @@ pub async fn run(
         config.key_file(),
         config.key_file_is_generated(),
     )?);
+    let enricher = Arc::new(crate::enrich::Enricher::new(
+        &config,
+        crate::event::now_ms(),
+    )?);
     let tls = match config.public.tls.is_empty() {
         true => None,
         false => Some(tls::acceptor(&config.public.tls, config.public.http2)?),
@@ -102,6 +108,7 @@ pub async fn run(
         keys: keys.clone(),
         events,
         ids: IdGenerator::new(),
+        enrich: enricher.clone(),
         metrics: RequestMetrics::register(),
         node: config.node_id.as_str().into(),
         max_token_bytes: config.public.max_token_bytes,
@@ -129,6 +136,7 @@ pub async fn run(
         config.tokens.reload_interval,
         background.clone(),
     ));
+    tokio::spawn(crate::enrich::watch(enricher, background.clone()));
     tokio::spawn(m::upkeep(prometheus, background));
 
     tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");
