@@ -268,3 +268,137 @@ pub async fn watch(enricher: Arc<Enricher>, mut shutdown: crate::shutdown::Signa
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use crate::token::Kind;
+    use http::{HeaderMap, HeaderValue};
+
+    fn enricher(extra: &str) -> Enricher {
+        let config = Config::from_toml_str(extra, &Overrides::default()).unwrap();
+        Enricher::new(&config, 0).unwrap()
+    }
+
+    fn claims(kind: Kind, message: &str) -> Claims {
+        Claims {
+            kind,
+            tenant: "acme".into(),
+            campaign: "c".into(),
+            message: message.into(),
+            recipient: None,
+            link: 1,
+            target: kind.has_target().then(|| "https://x.example/".into()),
+            expires_at: None,
+            sent_at: None,
+        }
+    }
+
+    fn run(e: &Enricher, kind: Kind, ua: Option<&[u8]>, peer: &str) -> Enrichment {
+        let mut headers = HeaderMap::new();
+        if let Some(ua) = ua {
+            headers.insert(USER_AGENT, HeaderValue::from_bytes(ua).unwrap());
+        }
+        let hit = Hit {
+            at_ms: 1_795_000_000_000,
+            peer: peer.parse().unwrap(),
+            headers: &headers,
+            head: false,
+        };
+        e.enrich(&hit, &claims(kind, "m"))
+    }
+
+    /// Real-world agents: (agent, browser, os, category, class of an open from a home
+    /// network, class of an open from Apple's network).
+    const AGENTS: &[(&str, &str, &str, &str, &str, &str)] = &[
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "Chrome", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)", "", "Mac OSX", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "Webview", "iPhone", "smartphone", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36", "Chrome", "Android", "smartphone", "human", "prefetch:apple_mpp"),
+        ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17531; Pro)", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        // Gmail's proxy: woothee sees Firefox 11 on Windows XP; the rules know better.
+        ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)", "Firefox", "Windows XP", "pc", "proxy_open:gmail", "proxy_open:gmail"),
+        ("YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html", "", "", "", "proxy_open:yahoo", "proxy_open:yahoo"),
+        ("Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534+ (KHTML, like Gecko) BingPreview/1.0b", "BingPreview", "", "crawler", "link_scanner:microsoft", "link_scanner:microsoft"),
+        ("Microsoft Office Existence Discovery", "", "", "", "link_scanner:microsoft", "link_scanner:microsoft"),
+        ("Barracuda Sentinel (EE)", "", "", "", "link_scanner:barracuda", "link_scanner:barracuda"),
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot", "", "crawler", "bot", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot", "", "crawler", "bot", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", "Chrome", "Linux", "pc", "bot", "bot"),
+        ("python-requests/2.31.0", "", "", "", "bot", "bot"),
+        ("curl/8.5.0", "HTTP Library", "", "misc", "bot", "bot"),
+        ("\u{2603} garbage %%% ;;", "", "", "", "human", "prefetch:apple_mpp"),
+        ("", "", "", "", "bot", "prefetch:apple_mpp"),
+    ];
+
+    #[test]
+    fn real_world_agents_parse_and_classify() {
+        let e = enricher("");
+        for &(ua, browser, os, category, home, apple) in AGENTS {
+            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "198.51.100.7");
+            let client = got.client.as_deref().cloned().unwrap_or_default();
+            assert_eq!(
+                (&*client.browser, &*client.os, &*client.category),
+                (browser, os, category),
+                "{ua}"
+            );
+            assert_eq!(got.verdict.class.to_string(), home, "{ua} from home");
+            assert_eq!(got.ua.as_deref(), Some(ua));
+            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "17.58.0.9");
+            assert_eq!(got.verdict.class.to_string(), apple, "{ua} from Apple");
+        }
+    }
+
+    #[test]
+    fn missing_and_64k_agents() {
+        let e = enricher("");
+        let none = run(&e, Kind::Click, None, "198.51.100.7");
+        assert_eq!((none.ua, none.client), (None, None));
+        assert_eq!(&*none.verdict.reason, "no_user_agent");
+        let mut huge = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 ".to_vec();
+        huge.resize(64 * 1024, b'x');
+        let got = run(&e, Kind::Open, Some(&huge), "198.51.100.7");
+        assert_eq!(got.ua.as_deref().map(str::len), Some(512));
+        assert_eq!(got.client.unwrap().os.as_ref(), "Windows 10");
+        assert!(e.ua.len() <= 2);
+    }
+
+    #[test]
+    fn the_first_hit_is_first_and_no_database_means_no_geo() {
+        let e = enricher("");
+        let first = run(&e, Kind::Open, Some(b"Mozilla/5.0"), "81.2.69.160");
+        assert!(first.first && first.geo.is_none() && first.asn.is_none());
+        assert!(!run(&e, Kind::Open, Some(b"Mozilla/5.0"), "81.2.69.160").first);
+    }
+
+    #[test]
+    fn geo_and_asn_come_from_the_full_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let city = fixtures::write_city(dir.path(), "a");
+        let asn = fixtures::write_asn(dir.path());
+        let e = enricher(&format!(
+            "[geoip]\ncity_db = {:?}\nasn_db = {:?}\n",
+            city.display().to_string(),
+            asn.display().to_string()
+        ));
+        let got = run(
+            &e,
+            Kind::Open,
+            Some(b"Mozilla/5.0 (Windows NT 10.0)"),
+            "203.0.113.9",
+        );
+        let geo = got.geo.unwrap();
+        assert_eq!(
+            (
+                geo.country.as_deref(),
+                geo.region.as_deref(),
+                geo.city.as_deref()
+            ),
+            (Some("RU"), Some("MOW"), Some("Москва"))
+        );
+        assert_eq!(got.asn.unwrap().number, 16_509);
+        assert_eq!(got.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+}

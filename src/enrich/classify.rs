@@ -6,8 +6,8 @@
 //! window from config, and per request a [`Signals`] (kind, HEAD, client address,
 //! ASN, seconds since send, and the rules that matched the user agent, computed once
 //! per distinct agent by [`Classifier::match_user_agent`] and cached with it).
-//! Output: a [`Verdict`]. Order, first match wins: rules (operator, Apple MPP,
-//! built-in) -> woothee crawler -> no user agent -> HEAD -> fast click from a
+//! Output: a [`Verdict`]. Order, first match wins: rules (operator, built-in,
+//! Apple MPP networks) -> woothee crawler -> no user agent -> HEAD -> fast click from a
 //! data-centre ASN -> human. Rules run before woothee because woothee reads Gmail's
 //! proxy as a desktop Firefox. Invariant: classification only labels; every event is
 //! still recorded.
@@ -312,7 +312,8 @@ struct Reasons {
 }
 
 impl Classifier {
-    /// `operator` rules run first, then the Apple MPP networks, then the built-in set.
+    /// `operator` rules run first, then the built-in set, then the Apple MPP networks
+    /// (an agent that names itself, such as Gmail's proxy, beats the network).
     pub fn new(operator: Option<RuleSet>, apple_mpp: CidrSet, fast_click_secs: u64) -> Classifier {
         let built_in = RuleSet::built_in();
         let mut rules = Vec::new();
@@ -321,6 +322,7 @@ impl Classifier {
             datacenter_asns.extend(operator.datacenter_asns);
             rules.extend(operator.rules);
         }
+        rules.extend(built_in.rules);
         if !apple_mpp.is_empty() {
             rules.push(Rule {
                 verdict: Verdict {
@@ -333,7 +335,6 @@ impl Classifier {
                 kinds: vec![Kind::Open],
             });
         }
-        rules.extend(built_in.rules);
         Classifier {
             rules,
             datacenter_asns,
