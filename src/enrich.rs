@@ -73,8 +73,8 @@ pub struct Enrichment {
     /// The User-Agent cut to `user_agent.max_bytes`.
     pub ua: Option<Arc<str>>,
     pub client: Option<Arc<Client>>,
-    pub geo: Option<Geo>,
-    pub asn: Option<Asn>,
+    pub geo: Option<Arc<Geo>>,
+    pub asn: Option<Arc<Asn>>,
     pub verdict: Verdict,
     pub first: bool,
 }

@@ -40,10 +40,10 @@ pub struct Event {
     pub ip: Option<IpAddr>,
     /// Where the full address is, per the GeoIP database (absent without one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub geo: Option<Geo>,
+    pub geo: Option<Arc<Geo>>,
     /// Who announces the full address (absent without an ASN database).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub asn: Option<Asn>,
+    pub asn: Option<Arc<Asn>>,
     /// The User-Agent header, cut to `user_agent.max_bytes`.
     pub ua: Option<Arc<str>>,
     /// What the user agent says (absent when nothing was recognised).
@@ -167,10 +167,10 @@ mod tests {
             target: Some("https://example.com/".into()),
             ip: Some("203.0.113.0".parse().unwrap()),
             geo: None,
-            asn: Some(Asn {
+            asn: Some(Arc::new(Asn {
                 number: 64_500,
                 org: Some("Example".into()),
-            }),
+            })),
             ua: Some("Mozilla/5.0".into()),
             client: None,
             class: "proxy_open:gmail".parse().unwrap(),

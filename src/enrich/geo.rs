@@ -21,11 +21,15 @@ use metrics::Counter;
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::twogen::TwoGen;
 use super::FileStamp;
 use crate::metrics as m;
 
 /// Larger files are refused: the whole file is held in memory.
 pub const MAX_DB_BYTES: u64 = 1 << 30;
+/// Decoded records kept per database. Many addresses share one record (a city, a
+/// network owner), so the hot ones are decoded once rather than per event.
+const RECORD_CACHE_ENTRIES: usize = 65_536;
 
 /// Which of the two databases; `as_str` is the `db` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,11 +176,29 @@ fn owned(text: Option<&str>) -> Option<Box<str>> {
     text.filter(|t| !t.is_empty()).map(Box::from)
 }
 
+/// A reader and its decoded records, keyed by data-section offset; swapped together
+/// so a cached record always belongs to the reader in force.
+struct Loaded {
+    reader: Reader<Vec<u8>>,
+    cities: TwoGen<usize, Option<Arc<Geo>>>,
+    networks: TwoGen<usize, Arc<Asn>>,
+}
+
+impl Loaded {
+    fn new(reader: Reader<Vec<u8>>) -> Loaded {
+        Loaded {
+            reader,
+            cities: TwoGen::new(RECORD_CACHE_ENTRIES, None, 0),
+            networks: TwoGen::new(RECORD_CACHE_ENTRIES, None, 0),
+        }
+    }
+}
+
 /// One database file and the reader in force for it.
 pub struct Db {
     kind: DbKind,
     path: PathBuf,
-    reader: ArcSwap<Reader<Vec<u8>>>,
+    loaded: ArcSwap<Loaded>,
     last_seen: Mutex<Option<FileStamp>>,
     found: Counter,
     not_found: Counter,
@@ -227,7 +249,7 @@ impl Db {
         let db = Db {
             kind,
             path,
-            reader: ArcSwap::from_pointee(reader),
+            loaded: ArcSwap::from_pointee(Loaded::new(reader)),
             last_seen: Mutex::new(stamp),
             found: lookups("found"),
             not_found: lookups("not_found"),
@@ -242,8 +264,8 @@ impl Db {
     }
 
     fn publish(&self) {
-        let reader = self.reader.load();
-        let meta = reader.metadata();
+        let loaded = self.loaded.load();
+        let meta = loaded.reader.metadata();
         metrics::gauge!(m::GEOIP_DATABASE_BUILD_TIMESTAMP_SECONDS, "db" => self.kind.as_str())
             .set(meta.build_epoch as f64);
         tracing::info!(db = self.kind.as_str(), path = %self.path.display(), database_type = %meta.database_type, build_epoch = meta.build_epoch, "GeoIP database loaded");
@@ -254,7 +276,7 @@ impl Db {
         let db = self.kind.as_str();
         match load(self.kind, &self.path) {
             Ok(reader) => {
-                self.reader.store(Arc::new(reader));
+                self.loaded.store(Arc::new(Loaded::new(reader)));
                 metrics::counter!(m::GEOIP_RELOADS_TOTAL, "db" => db, "result" => "ok")
                     .increment(1);
                 self.publish();
@@ -284,11 +306,36 @@ impl Db {
         }
     }
 
-    fn count<T>(&self, result: Result<Option<T>, MaxMindDbError>) -> Option<T> {
-        match result {
-            Ok(Some(value)) => {
+    /// The record for `ip` from the cache, or decoded with `decode` and cached.
+    fn record<T: Clone>(
+        &self,
+        ip: IpAddr,
+        cache: impl Fn(&Loaded) -> &TwoGen<usize, T>,
+        decode: impl FnOnce(&maxminddb::LookupResult<'_, Vec<u8>>) -> Result<Option<T>, MaxMindDbError>,
+    ) -> Option<T> {
+        let loaded = self.loaded.load();
+        let found = match loaded.reader.lookup(ip) {
+            Ok(found) => found,
+            Err(_) => {
+                self.errors.increment(1);
+                return None;
+            }
+        };
+        let Some(offset) = found.offset() else {
+            self.not_found.increment(1);
+            return None;
+        };
+        let cache = cache(&loaded);
+        if let Some(record) = cache.get(&offset, |o| *o) {
+            self.found.increment(1);
+            return Some(record);
+        }
+        match decode(&found) {
+            Ok(Some(record)) => {
                 self.found.increment(1);
-                Some(value)
+                cache.insert(offset, record.clone());
+                cache.maybe_rotate(0);
+                Some(record)
             }
             Ok(None) => {
                 self.not_found.increment(1);
@@ -301,34 +348,43 @@ impl Db {
         }
     }
 
-    pub fn city(&self, ip: IpAddr) -> Option<Geo> {
-        let reader = self.reader.load();
-        let record = reader
-            .lookup(ip)
-            .and_then(|found| found.decode::<CityRecord>());
-        let record = self.count(record)?;
-        let location = record.location.as_ref();
-        let geo = Geo {
-            country: owned(record.country.and_then(|c| c.iso_code)),
-            region: owned(record.subdivisions.and_then(|s| s.iso_code)),
-            city: owned(record.city.and_then(|c| c.names).and_then(|n| n.en)),
-            lat: location.and_then(|l| l.latitude).map(coarse),
-            lon: location.and_then(|l| l.longitude).map(coarse),
-            tz: owned(location.and_then(|l| l.time_zone)),
-        };
-        (geo != Geo::default()).then_some(geo)
+    pub fn city(&self, ip: IpAddr) -> Option<Arc<Geo>> {
+        self.record(
+            ip,
+            |l| &l.cities,
+            |found| {
+                Ok(found.decode::<CityRecord>()?.map(|record| {
+                    let location = record.location.as_ref();
+                    let geo = Geo {
+                        country: owned(record.country.and_then(|c| c.iso_code)),
+                        region: owned(record.subdivisions.and_then(|s| s.iso_code)),
+                        city: owned(record.city.and_then(|c| c.names).and_then(|n| n.en)),
+                        lat: location.and_then(|l| l.latitude).map(coarse),
+                        lon: location.and_then(|l| l.longitude).map(coarse),
+                        tz: owned(location.and_then(|l| l.time_zone)),
+                    };
+                    (geo != Geo::default()).then(|| Arc::new(geo))
+                }))
+            },
+        )
+        .flatten()
     }
 
-    pub fn asn(&self, ip: IpAddr) -> Option<Asn> {
-        let reader = self.reader.load();
-        let record = reader
-            .lookup(ip)
-            .and_then(|found| found.decode::<maxminddb::geoip2::Asn>());
-        let record = self.count(record)?;
-        Some(Asn {
-            number: record.autonomous_system_number?,
-            org: owned(record.autonomous_system_organization),
-        })
+    pub fn asn(&self, ip: IpAddr) -> Option<Arc<Asn>> {
+        self.record(
+            ip,
+            |l| &l.networks,
+            |found| {
+                Ok(found
+                    .decode::<maxminddb::geoip2::Asn>()?
+                    .and_then(|record| {
+                        Some(Arc::new(Asn {
+                            number: record.autonomous_system_number?,
+                            org: owned(record.autonomous_system_organization),
+                        }))
+                    }))
+            },
+        )
     }
 }
 
@@ -364,12 +420,14 @@ mod tests {
         assert_eq!(zurich.tz.as_deref(), Some("Europe/Zurich"));
         let mapped = db.city("::ffff:81.2.69.160".parse().unwrap()).unwrap();
         assert_eq!(mapped, zurich);
+        let cached = db.city("81.2.69.1".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&cached, &zurich), "one record, decoded once");
         let v6 = db.city("2001:db8:1::5".parse().unwrap()).unwrap();
         assert_eq!(v6.city.as_deref(), Some("São Paulo"));
         assert_eq!(v6.region, None, "no subdivisions in the record");
         let country_only = db.city("198.51.100.20".parse().unwrap()).unwrap();
         assert_eq!(country_only.country.as_deref(), Some("JP"));
-        assert_eq!((country_only.city, country_only.lat), (None, None));
+        assert_eq!((&country_only.city, country_only.lat), (&None, None));
         assert_eq!(db.city("192.0.2.1".parse().unwrap()), None);
     }
 
@@ -381,7 +439,7 @@ mod tests {
         assert_eq!(asn.number, 64_500);
         assert_eq!(asn.org.as_deref(), Some("Example Transit AG"));
         let bare = db.asn("2001:db8:1::5".parse().unwrap()).unwrap();
-        assert_eq!((bare.number, bare.org), (64_501, None));
+        assert_eq!((bare.number, &bare.org), (64_501, &None));
         assert_eq!(db.asn("192.0.2.1".parse().unwrap()), None);
     }
 
