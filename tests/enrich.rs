@@ -247,3 +247,46 @@ async fn several_links_of_one_message_clicked_together_are_a_scanner_burst() {
     );
     assert_eq!(events[4]["class_reason"], "acme_gateway");
 }
+
+#[test]
+fn check_config_loads_the_rules_file_and_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nclass = \"proxy_open\"\nasns = [1]\n").unwrap();
+    let config = dir.path().join("trackedge.toml");
+    let check = |text: String| {
+        std::fs::write(&config, text).unwrap();
+        std::process::Command::new(common::BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let bad_rules = check(format!(
+        "[classify]\nrules_file = {:?}\n",
+        rules.display().to_string()
+    ));
+    assert!(!bad_rules.status.success());
+    let stderr = String::from_utf8_lossy(&bad_rules.stderr);
+    assert!(
+        stderr.contains("rules.toml") && stderr.contains("rule 1"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("broken.mmdb"), b"nothing").unwrap();
+    let bad_db = check(format!(
+        "[geoip]\ncity_db = {:?}\n",
+        dir.path().join("broken.mmdb").display().to_string()
+    ));
+    assert!(!bad_db.status.success());
+    assert!(String::from_utf8_lossy(&bad_db.stderr).contains("broken.mmdb"));
+
+    let good = check(geo_config(dir.path(), ""));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("geoip on"));
+}
