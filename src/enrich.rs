@@ -15,6 +15,7 @@ pub mod classify;
 pub mod client_ip;
 pub mod dedup;
 pub mod geo;
+pub mod rules;
 mod twogen;
 pub mod ua;
 
