@@ -25,8 +25,7 @@ use super::rules::Rule;
 pub use super::rules::{RuleSet, RulesError};
 use crate::token::Kind;
 
-/// The compiled-in rules.
-
+/// The kind of a class; `as_str` is also the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClassKind {
     Human,
