@@ -212,4 +212,27 @@ mod tests {
         assert_eq!(seen, Some(1));
         assert_eq!(map.get(&1, |k| *k), Some(2));
     }
+
+    #[test]
+    fn concurrent_use_with_rotations_stays_bounded() {
+        let map: Arc<TwoGen<u64, u64>> = Arc::new(TwoGen::new(256, Some(5), 0));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let map = map.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20_000u64 {
+                        let key = (n * 7 + t) % 1000;
+                        map.update(key, |old| (old.copied().unwrap_or(0) + 1, ()));
+                        map.get(&(key ^ 1), |k| *k);
+                        map.maybe_rotate(n / 100);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no panic");
+        }
+        // Racing inserts may overshoot a generation by a few per thread.
+        assert!(map.len() <= 256 + 64, "{}", map.len());
+    }
 }
