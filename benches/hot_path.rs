@@ -84,10 +84,12 @@ fn hot_path(c: &mut Criterion) {
         trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
     )
     .expect("privacy");
+    let config = trackedge::config::Config::from_toml_str("", &Default::default()).expect("config");
     let edge = Edge {
         keys,
         events,
         ids: IdGenerator::new(),
+        enrich: Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
         metrics: RequestMetrics::register(),
         privacy,
         node: "bench".into(),

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::enrich::cidr::CidrSet;
+use crate::enrich::client_ip::{self, Source};
+use crate::enrich::dedup::{DedupSettings, MAX_BURST_LINKS};
+
 /// The default configuration, compiled in so the binary runs anywhere.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/trackedge.toml");
 /// Where `serve` looks first when no `--config` is given.
@@ -60,6 +64,11 @@ pub struct RawConfig {
     pub retention: RawRetention,
     pub log: RawLog,
     pub shutdown: RawShutdown,
+    pub client_ip: RawClientIp,
+    pub user_agent: RawUserAgent,
+    pub geoip: RawGeoip,
+    pub classify: RawClassify,
+    pub dedup: RawDedup,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -194,6 +203,45 @@ pub struct RawShutdown {
     pub drain_timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClientIp {
+    pub trusted_proxies: Vec<String>,
+    pub header: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUserAgent {
+    pub max_bytes: usize,
+    pub cache_entries: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGeoip {
+    pub city_db: String,
+    pub asn_db: String,
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClassify {
+    pub rules_file: String,
+    pub apple_mpp_cidrs: Vec<String>,
+    pub fast_click_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDedup {
+    pub window_secs: u64,
+    pub max_entries: usize,
+    pub burst_links: usize,
+    pub burst_window_ms: u64,
+}
+
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
@@ -209,6 +257,60 @@ impl Default for RawConfig {
             retention: RawRetention::default(),
             log: RawLog::default(),
             shutdown: RawShutdown::default(),
+            client_ip: RawClientIp::default(),
+            user_agent: RawUserAgent::default(),
+            geoip: RawGeoip::default(),
+            classify: RawClassify::default(),
+            dedup: RawDedup::default(),
+        }
+    }
+}
+
+impl Default for RawClientIp {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            header: "x-forwarded-for".into(),
+        }
+    }
+}
+
+impl Default for RawUserAgent {
+    fn default() -> Self {
+        Self {
+            max_bytes: 512,
+            cache_entries: 10_000,
+        }
+    }
+}
+
+impl Default for RawGeoip {
+    fn default() -> Self {
+        Self {
+            city_db: String::new(),
+            asn_db: String::new(),
+            reload_interval_ms: 5000,
+        }
+    }
+}
+
+impl Default for RawClassify {
+    fn default() -> Self {
+        Self {
+            rules_file: String::new(),
+            apple_mpp_cidrs: vec!["17.0.0.0/8".into()],
+            fast_click_secs: 60,
+        }
+    }
+}
+
+impl Default for RawDedup {
+    fn default() -> Self {
+        Self {
+            window_secs: 86_400,
+            max_entries: 1_000_000,
+            burst_links: 3,
+            burst_window_ms: 1000,
         }
     }
 }
@@ -375,6 +477,39 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub client_ip: ClientIpConfig,
+    pub user_agent: UserAgentConfig,
+    pub geoip: GeoipConfig,
+    pub classify: ClassifyConfig,
+    pub dedup: DedupSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientIpConfig {
+    /// Peers whose client-address header is believed.
+    pub trusted_proxies: CidrSet,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserAgentConfig {
+    /// Longer User-Agent values are cut before parsing, caching and storage.
+    pub max_bytes: usize,
+    pub cache_entries: NonZeroUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeoipConfig {
+    pub city_db: Option<PathBuf>,
+    pub asn_db: Option<PathBuf>,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClassifyConfig {
+    pub rules_file: Option<PathBuf>,
+    pub apple_mpp_cidrs: CidrSet,
+    pub fast_click_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -677,8 +812,79 @@ impl RawConfig {
                     0,
                 )?,
             },
+            client_ip: validate_client_ip(self.client_ip)?,
+            user_agent: validate_user_agent(&self.user_agent)?,
+            geoip: GeoipConfig {
+                city_db: non_empty(self.geoip.city_db).map(PathBuf::from),
+                asn_db: non_empty(self.geoip.asn_db).map(PathBuf::from),
+                reload_interval: millis(
+                    "geoip.reload_interval_ms",
+                    self.geoip.reload_interval_ms,
+                    100,
+                )?,
+            },
+            classify: ClassifyConfig {
+                rules_file: non_empty(self.classify.rules_file).map(PathBuf::from),
+                apple_mpp_cidrs: CidrSet::parse(&self.classify.apple_mpp_cidrs)
+                    .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?,
+                fast_click_secs: in_range(
+                    "classify.fast_click_secs",
+                    self.classify.fast_click_secs,
+                    0,
+                    86_400,
+                )?,
+            },
+            dedup: validate_dedup(&self.dedup)?,
         })
     }
+}
+
+fn in_range<T>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < min || value > max {
+        return Err(invalid(key, format!("must be between {min} and {max}")));
+    }
+    Ok(value)
+}
+
+fn validate_client_ip(raw: RawClientIp) -> Result<ClientIpConfig, ConfigError> {
+    let source = Source::from_header_name(&raw.header).ok_or_else(|| {
+        invalid(
+            "client_ip.header",
+            format!(
+                "{:?} is not one of {}",
+                raw.header,
+                client_ip::HEADERS.join(", ")
+            ),
+        )
+    })?;
+    let trusted_proxies = CidrSet::parse(&raw.trusted_proxies)
+        .map_err(|e| invalid("client_ip.trusted_proxies", e.to_string()))?;
+    Ok(ClientIpConfig {
+        trusted_proxies,
+        source,
+    })
+}
+
+fn validate_user_agent(raw: &RawUserAgent) -> Result<UserAgentConfig, ConfigError> {
+    let max_bytes = in_range("user_agent.max_bytes", raw.max_bytes, 16, 8192)?;
+    let entries = in_range("user_agent.cache_entries", raw.cache_entries, 2, 10_000_000)?;
+    Ok(UserAgentConfig {
+        max_bytes,
+        cache_entries: NonZeroUsize::new(entries).expect("checked to be at least 2"),
+    })
+}
+
+fn validate_dedup(raw: &RawDedup) -> Result<DedupSettings, ConfigError> {
+    let window_secs = in_range("dedup.window_secs", raw.window_secs, 1, 30 * 86_400)?;
+    Ok(DedupSettings {
+        window_ms: window_secs * 1000,
+        max_entries: in_range("dedup.max_entries", raw.max_entries, 2, 100_000_000)?,
+        burst_links: in_range("dedup.burst_links", raw.burst_links, 2, MAX_BURST_LINKS)?,
+        burst_window_ms: in_range("dedup.burst_window_ms", raw.burst_window_ms, 1, 60_000)?,
+    })
 }
 
 fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
@@ -1142,6 +1348,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("public.click_fallback_url"), "{err}");
+    }
+
+    #[test]
+    fn enrichment_keys_are_checked_by_name() {
+        for (text, key) in [
+            (
+                "[client_ip]\nheader = \"x-client-ip\"\n",
+                "client_ip.header",
+            ),
+            (
+                "[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "client_ip.trusted_proxies",
+            ),
+            ("[user_agent]\nmax_bytes = 8\n", "user_agent.max_bytes"),
+            (
+                "[user_agent]\ncache_entries = 0\n",
+                "user_agent.cache_entries",
+            ),
+            (
+                "[geoip]\nreload_interval_ms = 1\n",
+                "geoip.reload_interval_ms",
+            ),
+            (
+                "[classify]\napple_mpp_cidrs = [\"apple\"]\n",
+                "classify.apple_mpp_cidrs",
+            ),
+            (
+                "[classify]\nfast_click_secs = 100000\n",
+                "classify.fast_click_secs",
+            ),
+            ("[dedup]\nwindow_secs = 0\n", "dedup.window_secs"),
+            ("[dedup]\nmax_entries = 1\n", "dedup.max_entries"),
+            ("[dedup]\nburst_links = 9\n", "dedup.burst_links"),
+            ("[dedup]\nburst_window_ms = 0\n", "dedup.burst_window_ms"),
+            ("[geoip]\nmmap = true\n", "mmap"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let config = parse("[client_ip]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\nheader = \"CF-Connecting-IP\"\n[geoip]\ncity_db = \"/x/city.mmdb\"\n").unwrap();
+        assert_eq!(config.client_ip.trusted_proxies.len(), 2);
+        assert_eq!(config.geoip.city_db, Some(PathBuf::from("/x/city.mmdb")));
+        assert_eq!(config.geoip.asn_db, None);
+        assert_eq!(config.dedup.window_ms, 86_400_000);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::enrich::classify::Class;
+use crate::enrich::geo::{Asn, Geo};
+use crate::enrich::ua::Client;
 use crate::token::Kind;
 
 pub const SCHEMA_VERSION: u8 = 1;
@@ -33,7 +36,24 @@ pub struct Event {
     pub target: Option<String>,
     /// As the privacy policy allows: truncated (default), hashed, full or absent.
     pub ip: Option<String>,
-    pub ua: Option<String>,
+    /// Where the full address is, per the GeoIP database (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo: Option<Arc<Geo>>,
+    /// Who announces the full address (absent without an ASN database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<Arc<Asn>>,
+    /// The User-Agent header, cut to `user_agent.max_bytes` (absent in
+    /// `privacy.ua_mode = "parsed_only"`).
+    pub ua: Option<Arc<str>>,
+    /// What the user agent says (absent when nothing was recognised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Arc<Client>>,
+    /// human | proxy_open:<who> | prefetch:<who> | link_scanner:<who> | bot
+    pub class: Class,
+    /// What decided `class`.
+    pub class_reason: Arc<str>,
+    /// First hit for this message (and link) on this node within `dedup.window_secs`.
+    pub first: bool,
     pub dnt: bool,
     pub gpc: bool,
     /// True for HEAD requests, which link scanners favour.
@@ -167,7 +187,16 @@ mod tests {
             link: 2,
             target: Some("https://example.com/".into()),
             ip: Some("203.0.113.0".into()),
+            geo: None,
+            asn: Some(Arc::new(Asn {
+                number: 64_500,
+                org: Some("Example".into()),
+            })),
             ua: Some("Mozilla/5.0".into()),
+            client: None,
+            class: "proxy_open:gmail".parse().unwrap(),
+            class_reason: "google_image_proxy".into(),
+            first: true,
             dnt: false,
             gpc: true,
             head: false,
@@ -181,5 +210,13 @@ mod tests {
         assert_eq!(json["link"], 2);
         assert!(json.get("recipient").is_none());
         assert_eq!(json["self"], false);
+        assert!(json.get("geo").is_none() && json.get("client").is_none());
+        assert_eq!(
+            json["asn"],
+            serde_json::json!({"number": 64500, "org": "Example"})
+        );
+        assert_eq!(json["class"], "proxy_open:gmail");
+        assert_eq!(json["class_reason"], "google_image_proxy");
+        assert_eq!(json["first"], true);
     }
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: TOML -> validated [`config::Config`]; [`shutdown`]: one stop signal.
 //! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`admin`]: metrics and probes.
 //! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
+//! - [`enrich`]: client IP, user agent, GeoIP, class, first/duplicate.
 //! - [`privacy`]: what may be stored; [`event`]: the record.
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
@@ -12,8 +13,9 @@
 //! # The life of a hit
 //! A request for `/c/{token}` is accepted by [`server`] (TCP or rustls), parsed by
 //! hyper and handed to [`route::handle`], which matches the route, verifies the token
-//! against the [`keys`] in force ([`token::verify`]), applies [`privacy`] to the
-//! request's facts, builds an [`event::Event`] and queues it with
+//! against the [`keys`] in force ([`token::verify`]), asks [`enrich`] who is behind
+//! it (client address, device, place, human or machine, first or repeat), applies
+//! [`privacy`] to the request's facts, builds an [`event::Event`] and queues it with
 //! [`spool::EventSender::send`] (never waiting), then answers a 302 to the signed
 //! target from static parts. The writer thread in [`spool`] commits the event to the
 //! sled log in a group commit; [`forward`] reads it back in order, sends it upstream
@@ -44,6 +46,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod forward;
 pub mod health;

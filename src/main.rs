@@ -98,12 +98,19 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.load()?),
         Command::CheckConfig(args) => {
             let config = args.load()?;
+            // Loads the GeoIP databases and the rules file exactly as `serve` would.
+            trackedge::enrich::Enricher::new(&config, trackedge::event::now_ms())?;
             println!(
-                "config ok: public {} admin {} data_dir {} tls certificates {}",
+                "config ok: public {} admin {} data_dir {} tls certificates {} geoip {}",
                 config.public.addr,
                 config.admin.addr,
                 config.data_dir.display(),
-                config.public.tls.len()
+                config.public.tls.len(),
+                if config.geoip.city_db.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
             );
             Ok(())
         }

@@ -47,6 +47,17 @@ pub const PRIVACY_NOT_RECORDED_TOTAL: &str = "trackedge_privacy_not_recorded_tot
 pub const PRIVACY_SUPPRESSED_RECIPIENTS: &str = "trackedge_privacy_suppressed_recipients";
 pub const PRIVACY_ERASED_EVENTS_TOTAL: &str = "trackedge_privacy_erased_events_total";
 pub const PRIVACY_ADMIN_CALLS_TOTAL: &str = "trackedge_privacy_admin_calls_total";
+pub const ENRICH_CLIENT_IP_TOTAL: &str = "trackedge_enrich_client_ip_total";
+pub const ENRICH_CLIENT_IP_MALFORMED_TOTAL: &str = "trackedge_enrich_client_ip_malformed_total";
+pub const ENRICH_UA_CACHE_LOOKUPS_TOTAL: &str = "trackedge_enrich_ua_cache_lookups_total";
+pub const ENRICH_UA_CACHE_EVICTIONS_TOTAL: &str = "trackedge_enrich_ua_cache_evictions_total";
+pub const ENRICH_CLASSIFIED_TOTAL: &str = "trackedge_enrich_classified_total";
+pub const GEOIP_LOOKUPS_TOTAL: &str = "trackedge_geoip_lookups_total";
+pub const GEOIP_RELOADS_TOTAL: &str = "trackedge_geoip_reloads_total";
+pub const GEOIP_DATABASE_BUILD_TIMESTAMP_SECONDS: &str =
+    "trackedge_geoip_database_build_timestamp_seconds";
+pub const DEDUP_EVENTS_TOTAL: &str = "trackedge_dedup_events_total";
+pub const DEDUP_EVICTIONS_TOTAL: &str = "trackedge_dedup_evictions_total";
 pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
 pub const READY: &str = "trackedge_ready";
 pub const BUILD_INFO: &str = "trackedge_build_info";
@@ -135,6 +146,56 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         EVENTS_QUEUE_DEPTH,
         MetricKind::Gauge,
         "Events waiting between the request path and the writer.",
+    ),
+    (
+        ENRICH_CLIENT_IP_TOTAL,
+        MetricKind::Counter,
+        "Recorded hits by where the client address came from (peer, header).",
+    ),
+    (
+        ENRICH_CLIENT_IP_MALFORMED_TOTAL,
+        MetricKind::Counter,
+        "Client-address headers from trusted proxies that held a malformed value.",
+    ),
+    (
+        ENRICH_UA_CACHE_LOOKUPS_TOTAL,
+        MetricKind::Counter,
+        "User-agent cache lookups, by result (hit, miss).",
+    ),
+    (
+        ENRICH_UA_CACHE_EVICTIONS_TOTAL,
+        MetricKind::Counter,
+        "User agents dropped from the full cache.",
+    ),
+    (
+        ENRICH_CLASSIFIED_TOTAL,
+        MetricKind::Counter,
+        "Recorded hits by class (human, proxy_open, prefetch, link_scanner, bot).",
+    ),
+    (
+        GEOIP_LOOKUPS_TOTAL,
+        MetricKind::Counter,
+        "GeoIP lookups, by database (city, asn) and result (found, not_found, error).",
+    ),
+    (
+        GEOIP_RELOADS_TOTAL,
+        MetricKind::Counter,
+        "GeoIP database reloads, by database and result (ok or the error).",
+    ),
+    (
+        GEOIP_DATABASE_BUILD_TIMESTAMP_SECONDS,
+        MetricKind::Gauge,
+        "Build time (unix seconds) of the GeoIP database in force; 0 when none.",
+    ),
+    (
+        DEDUP_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Recorded hits by first/duplicate result.",
+    ),
+    (
+        DEDUP_EVICTIONS_TOTAL,
+        MetricKind::Counter,
+        "First-seen entries dropped before their window ended (memory cap).",
     ),
     (
         ADMIN_UNAUTHORIZED_TOTAL,

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use http::header::COOKIE;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use metrics::Counter;
 use sha2::Sha256;
 
@@ -23,8 +23,6 @@ use crate::metrics as m;
 use crate::suppression::Suppressions;
 use crate::token::{Claims, Kind};
 
-/// User agents longer than this are cut (on a character boundary) before storage.
-pub const MAX_UA_BYTES: usize = 512;
 /// How many tenants one sender cookie remembers.
 const MAX_SENDER_TENANTS: usize = 8;
 
@@ -196,11 +194,11 @@ impl Privacy {
         }
     }
 
-    /// The user agent as it may be stored.
-    pub fn ua(&self, raw: Option<&HeaderValue>) -> Option<String> {
+    /// The user agent as it may be stored (already cut by enrichment).
+    pub fn ua(&self, ua: Option<std::sync::Arc<str>>) -> Option<std::sync::Arc<str>> {
         match self.config.ua_mode {
             UaMode::ParsedOnly => None,
-            UaMode::Full => raw.map(|ua| user_agent(ua.as_bytes())),
+            UaMode::Full => ua,
         }
     }
 
@@ -219,11 +217,6 @@ impl Privacy {
         tenants.insert(0, encoded);
         tenants.join(".")
     }
-}
-
-/// At most [`MAX_UA_BYTES`] of the header; a character split by the cut becomes U+FFFD.
-pub fn user_agent(raw: &[u8]) -> String {
-    String::from_utf8_lossy(&raw[..raw.len().min(MAX_UA_BYTES)]).into_owned()
 }
 
 fn sender_tenants(value: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
@@ -304,6 +297,7 @@ pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn t(ip: &str) -> String {
         truncate_ip(ip.parse().unwrap(), 24, 48).to_string()
@@ -334,11 +328,5 @@ mod tests {
         assert_eq!(cookie(&headers, "b"), Some(&b"2"[..]));
         assert_eq!(cookie(&headers, "te_opt"), None);
         assert_eq!(cookie(&headers, "c"), None);
-    }
-
-    #[test]
-    fn long_user_agents_are_cut() {
-        assert_eq!(user_agent(&[b'a'; 10_000]).len(), MAX_UA_BYTES);
-        assert!(user_agent("é".repeat(1000).as_bytes()).len() <= MAX_UA_BYTES + 2);
     }
 }

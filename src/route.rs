@@ -1,5 +1,5 @@
 //! The public request path: match the route, then run its stages in order —
-//! token -> privacy -> (enrich) -> respond -> hand the event to the spool.
+//! token -> privacy -> enrich -> respond -> hand the event to the spool.
 //!
 //! Input: a parsed request from `server` and the peer address. Output: a response
 //! built from static bytes (see [`response`]) and at most one [`Event`] handed to
@@ -16,9 +16,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{ALLOW, USER_AGENT};
+use http::header::ALLOW;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::enrich::Enricher;
 use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
 use crate::keys::Keys;
 use crate::metrics::RequestMetrics;
@@ -32,6 +33,7 @@ pub struct Edge {
     pub keys: Arc<Keys>,
     pub events: EventSender,
     pub ids: IdGenerator,
+    pub enrich: Arc<Enricher>,
     pub metrics: RequestMetrics,
     pub privacy: Privacy,
     pub node: Arc<str>,
@@ -259,6 +261,7 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         return;
     };
     let kind = claims.kind;
+    let enriched = edge.enrich.enrich(hit, &claims);
     let event = Event {
         v: SCHEMA_VERSION,
         id: edge.ids.next(hit.at_ms),
@@ -270,8 +273,14 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         recipient: claims.recipient,
         link: claims.link,
         target: claims.target,
-        ip: edge.privacy.ip(hit.peer, now_secs),
-        ua: edge.privacy.ua(hit.headers.get(USER_AGENT)),
+        ip: edge.privacy.ip(enriched.ip, now_secs),
+        geo: enriched.geo,
+        asn: enriched.asn,
+        ua: edge.privacy.ua(enriched.ua),
+        client: enriched.client,
+        class: enriched.verdict.class,
+        class_reason: enriched.verdict.reason,
+        first: enriched.first,
         dnt: marks.dnt,
         gpc: marks.gpc,
         head: hit.head,

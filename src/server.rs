@@ -64,6 +64,8 @@ pub enum ServeError {
     Privacy(#[from] PrivacyError),
     #[error("cannot load the suppression list: {0}")]
     Suppressions(crate::store::StoreError),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
     #[error("cannot listen on {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -95,6 +97,10 @@ pub async fn run(
         config.key_file(),
         config.key_file_is_generated(),
     )?);
+    let enricher = Arc::new(crate::enrich::Enricher::new(
+        &config,
+        crate::event::now_ms(),
+    )?);
     let tls = match config.public.tls.is_empty() {
         true => None,
         false => Some(tls::acceptor(&config.public.tls, config.public.http2)?),
@@ -124,6 +130,7 @@ pub async fn run(
         keys: keys.clone(),
         events,
         ids: IdGenerator::new(),
+        enrich: enricher.clone(),
         metrics: RequestMetrics::register(),
         privacy,
         node: config.node_id.as_str().into(),
@@ -155,6 +162,7 @@ pub async fn run(
         config.tokens.reload_interval,
         background.clone(),
     ));
+    tokio::spawn(crate::enrich::watch(enricher, background.clone()));
     tokio::spawn(m::upkeep(prometheus, background));
 
     tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");

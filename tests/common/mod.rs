@@ -3,6 +3,7 @@
 //! library API with the key file the server generated.
 #![allow(dead_code)]
 
+pub mod mmdb;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -234,6 +235,18 @@ pub fn request(method: &str, path: &str) -> Request<Full<Bytes>> {
         .header("user-agent", "Mozilla/5.0 (test)")
         .body(Full::new(Bytes::new()))
         .expect("valid request")
+}
+
+/// A `method` request for `path` with extra headers (the defaults stay unless named).
+pub fn request_with(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut request = request(method, path);
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    request
 }
 
 /// One request on a fresh plain-TCP connection: HTTP/1.1 or h2c (prior knowledge).

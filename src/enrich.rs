@@ -1,0 +1,405 @@
+//! The enrich stage: who, where and what device is behind a recorded hit, and
+//! whether it is a person at all.
+//!
+//! Input: the request's [`Hit`] (peer, headers, HEAD) and its verified [`Claims`].
+//! Output: an [`Enrichment`] that `route::record` puts into the event. The parts, in
+//! order: [`client_ip`] (trusted proxy headers) -> [`ua`] (woothee, cached, with the
+//! user-agent half of classification) -> [`geo`] (City and ASN databases) ->
+//! [`dedup`] (first/duplicate, bursts) -> [`classify`]. Invariants: everything is in
+//! memory, nothing waits on disk or a lock held across I/O (databases are swapped in
+//! by [`watch`] from a blocking thread); the full client address leaves this stage
+//! only inside the `Enrichment`, and `route` writes just its truncated form.
+
+pub mod cidr;
+pub mod classify;
+pub mod client_ip;
+pub mod dedup;
+pub mod geo;
+pub mod rules;
+mod twogen;
+pub mod ua;
+
+#[cfg(test)]
+#[path = "../tests/common/mmdb.rs"]
+pub(crate) mod fixtures;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::USER_AGENT;
+use metrics::Counter;
+
+use crate::config::Config;
+use crate::metrics as m;
+use crate::route::Hit;
+use crate::token::Claims;
+use classify::{ClassKind, Classifier, RuleSet, RulesError, Signals, UaMatch, Verdict};
+use client_ip::{ClientIp, Origin};
+use dedup::Dedup;
+use geo::{Asn, Db, DbKind, Geo, GeoError};
+use ua::{Client, UaCache};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+impl EnrichError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EnrichError::Geo(err) => err.as_str(),
+            EnrichError::Rules(_) => "rules",
+        }
+    }
+}
+
+/// What one distinct user agent tells, cached with it.
+#[derive(Debug)]
+pub struct UaFacts {
+    /// `None` when woothee recognised nothing.
+    pub client: Option<Arc<Client>>,
+    pub matched: UaMatch,
+}
+
+/// The result of the stage for one hit.
+#[derive(Debug, Clone)]
+pub struct Enrichment {
+    /// The full client address: in memory only, truncated before it is written.
+    pub ip: IpAddr,
+    /// The User-Agent cut to `user_agent.max_bytes`.
+    pub ua: Option<Arc<str>>,
+    pub client: Option<Arc<Client>>,
+    pub geo: Option<Arc<Geo>>,
+    pub asn: Option<Arc<Asn>>,
+    pub verdict: Verdict,
+    pub first: bool,
+}
+
+/// A file's size and modification time, to notice changes by polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        })
+    }
+}
+
+struct StageMetrics {
+    origin: [Counter; 2],
+    malformed: Counter,
+    classified: [Counter; 5],
+}
+
+impl StageMetrics {
+    fn register() -> StageMetrics {
+        let zero = |counter: Counter| {
+            counter.absolute(0);
+            counter
+        };
+        StageMetrics {
+            origin: Origin::ALL.map(|origin| {
+                zero(metrics::counter!(m::ENRICH_CLIENT_IP_TOTAL, "source" => origin.as_str()))
+            }),
+            malformed: zero(metrics::counter!(m::ENRICH_CLIENT_IP_MALFORMED_TOTAL)),
+            classified: ClassKind::ALL.map(|class| {
+                zero(metrics::counter!(m::ENRICH_CLASSIFIED_TOTAL, "class" => class.as_str()))
+            }),
+        }
+    }
+}
+
+pub struct Enricher {
+    client_ip: ClientIp,
+    ua: UaCache<UaFacts>,
+    city: Option<Db>,
+    asn: Option<Db>,
+    classifier: Classifier,
+    dedup: Dedup,
+    metrics: StageMetrics,
+    reload_interval: Duration,
+}
+
+impl Enricher {
+    /// Builds the stage from config: opens the GeoIP databases and the rules file.
+    /// A configured file that cannot be loaded is an error; no database is a warning.
+    pub fn new(config: &Config, now_ms: u64) -> Result<Enricher, EnrichError> {
+        geo::register_metrics();
+        let open = |kind, path: &Option<PathBuf>| {
+            path.clone().map(|path| Db::open(kind, path)).transpose()
+        };
+        let city = open(DbKind::City, &config.geoip.city_db)?;
+        let asn = open(DbKind::Asn, &config.geoip.asn_db)?;
+        if city.is_none() {
+            tracing::warn!(
+                "no GeoIP database configured (geoip.city_db): events carry no geo fields"
+            );
+        }
+        let operator = config
+            .classify
+            .rules_file
+            .as_deref()
+            .map(RuleSet::load)
+            .transpose()?;
+        Ok(Enricher {
+            client_ip: ClientIp::new(
+                config.client_ip.trusted_proxies.clone(),
+                config.client_ip.source.clone(),
+            ),
+            ua: UaCache::new(
+                config.user_agent.cache_entries.get(),
+                config.user_agent.max_bytes,
+            ),
+            city,
+            asn,
+            classifier: Classifier::new(
+                operator,
+                config.classify.apple_mpp_cidrs.clone(),
+                config.classify.fast_click_secs,
+            ),
+            dedup: Dedup::new(config.dedup, now_ms),
+            metrics: StageMetrics::register(),
+            reload_interval: config.geoip.reload_interval,
+        })
+    }
+
+    pub fn enrich(&self, hit: &Hit, claims: &Claims) -> Enrichment {
+        let resolved = self.client_ip.resolve(hit.peer, hit.headers);
+        self.metrics.origin[resolved.origin as usize].increment(1);
+        if resolved.malformed {
+            self.metrics.malformed.increment(1);
+        }
+        let ip = resolved.ip;
+        let parsed = hit.headers.get(USER_AGENT).map(|raw| {
+            self.ua.get(raw.as_bytes(), |ua| {
+                let client = ua::parse(ua);
+                let matched = self.classifier.match_user_agent(ua, client.is_crawler());
+                UaFacts {
+                    client: (client != Client::default()).then(|| Arc::new(client)),
+                    matched,
+                }
+            })
+        });
+        let geo = self.city.as_ref().and_then(|db| db.city(ip));
+        let asn = self.asn.as_ref().and_then(|db| db.asn(ip));
+        let seen = self.dedup.observe(claims, hit.at_ms);
+        let mut verdict = self.classifier.classify(&Signals {
+            kind: claims.kind,
+            head: hit.head,
+            ip,
+            asn: asn.as_ref().map(|a| a.number),
+            secs_since_sent: claims
+                .sent_at
+                .map(|sent| (hit.at_ms / 1000).saturating_sub(sent)),
+            ua: parsed.as_ref().map(|p| &p.facts.matched),
+        });
+        if seen.burst && verdict.class.kind == ClassKind::Human {
+            verdict = self.classifier.burst();
+        }
+        self.metrics.classified[verdict.class.kind.index()].increment(1);
+        Enrichment {
+            ip,
+            ua: parsed.as_ref().map(|p| p.ua.clone()),
+            client: parsed.and_then(|p| p.facts.client.clone()),
+            geo,
+            asn,
+            verdict,
+            first: seen.first,
+        }
+    }
+
+    fn databases(&self) -> impl Iterator<Item = &Db> {
+        self.city.iter().chain(self.asn.iter())
+    }
+
+    /// Re-reads every database whose file changed. Blocking: call off the workers.
+    pub fn reload_changed(&self) {
+        self.databases().for_each(Db::reload_if_changed);
+    }
+
+    /// Re-reads every database (SIGHUP). Blocking: call off the workers.
+    pub fn reload_all(&self) {
+        for db in self.databases() {
+            // Logged and counted inside; the previous reader stays in force.
+            let _ = db.reload();
+        }
+    }
+}
+
+/// Reloads the GeoIP databases when their files change and on SIGHUP, on a
+/// blocking thread, until `shutdown` fires.
+pub async fn watch(enricher: Arc<Enricher>, mut shutdown: crate::shutdown::Signal) {
+    if enricher.databases().next().is_none() {
+        return;
+    }
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; GeoIP reload only by file change");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(enricher.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let all = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            () = shutdown.recv() => return,
+        };
+        let enricher = enricher.clone();
+        let reload = tokio::task::spawn_blocking(move || match all {
+            true => enricher.reload_all(),
+            false => enricher.reload_changed(),
+        });
+        if let Err(err) = reload.await {
+            tracing::error!(error = %err, "GeoIP reload task failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use crate::token::Kind;
+    use http::{HeaderMap, HeaderValue};
+
+    fn enricher(extra: &str) -> Enricher {
+        let config = Config::from_toml_str(extra, &Overrides::default()).unwrap();
+        Enricher::new(&config, 0).unwrap()
+    }
+
+    fn claims(kind: Kind, message: &str) -> Claims {
+        Claims {
+            kind,
+            tenant: "acme".into(),
+            campaign: "c".into(),
+            message: message.into(),
+            recipient: None,
+            link: 1,
+            target: kind.has_target().then(|| "https://x.example/".into()),
+            expires_at: None,
+            sent_at: None,
+        }
+    }
+
+    fn run(e: &Enricher, kind: Kind, ua: Option<&[u8]>, peer: &str) -> Enrichment {
+        let mut headers = HeaderMap::new();
+        if let Some(ua) = ua {
+            headers.insert(USER_AGENT, HeaderValue::from_bytes(ua).unwrap());
+        }
+        let hit = Hit {
+            at_ms: 1_795_000_000_000,
+            peer: peer.parse().unwrap(),
+            headers: &headers,
+            head: false,
+        };
+        e.enrich(&hit, &claims(kind, "m"))
+    }
+
+    /// Real-world agents: (agent, browser, os, category, class of an open from a home
+    /// network, class of an open from Apple's network).
+    const AGENTS: &[(&str, &str, &str, &str, &str, &str)] = &[
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "Chrome", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)", "", "Mac OSX", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "Webview", "iPhone", "smartphone", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36", "Chrome", "Android", "smartphone", "human", "prefetch:apple_mpp"),
+        ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17531; Pro)", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        // Gmail's proxy: woothee sees Firefox 11 on Windows XP; the rules know better.
+        ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)", "Firefox", "Windows XP", "pc", "proxy_open:gmail", "proxy_open:gmail"),
+        ("YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html", "", "", "", "proxy_open:yahoo", "proxy_open:yahoo"),
+        ("Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534+ (KHTML, like Gecko) BingPreview/1.0b", "BingPreview", "", "crawler", "link_scanner:microsoft", "link_scanner:microsoft"),
+        ("Microsoft Office Existence Discovery", "", "", "", "link_scanner:microsoft", "link_scanner:microsoft"),
+        ("Barracuda Sentinel (EE)", "", "", "", "link_scanner:barracuda", "link_scanner:barracuda"),
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot", "", "crawler", "bot", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot", "", "crawler", "bot", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", "Chrome", "Linux", "pc", "bot", "bot"),
+        ("python-requests/2.31.0", "", "", "", "bot", "bot"),
+        ("curl/8.5.0", "HTTP Library", "", "misc", "bot", "bot"),
+        ("\u{2603} garbage %%% ;;", "", "", "", "human", "prefetch:apple_mpp"),
+        ("", "", "", "", "bot", "prefetch:apple_mpp"),
+    ];
+
+    #[test]
+    fn real_world_agents_parse_and_classify() {
+        let e = enricher("");
+        for &(ua, browser, os, category, home, apple) in AGENTS {
+            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "198.51.100.7");
+            let client = got.client.as_deref().cloned().unwrap_or_default();
+            assert_eq!(
+                (&*client.browser, &*client.os, &*client.category),
+                (browser, os, category),
+                "{ua}"
+            );
+            assert_eq!(got.verdict.class.to_string(), home, "{ua} from home");
+            assert_eq!(got.ua.as_deref(), Some(ua));
+            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "17.58.0.9");
+            assert_eq!(got.verdict.class.to_string(), apple, "{ua} from Apple");
+        }
+    }
+
+    #[test]
+    fn missing_and_64k_agents() {
+        let e = enricher("");
+        let none = run(&e, Kind::Click, None, "198.51.100.7");
+        assert_eq!((none.ua, none.client), (None, None));
+        assert_eq!(&*none.verdict.reason, "no_user_agent");
+        let mut huge = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 ".to_vec();
+        huge.resize(64 * 1024, b'x');
+        let got = run(&e, Kind::Open, Some(&huge), "198.51.100.7");
+        assert_eq!(got.ua.as_deref().map(str::len), Some(512));
+        assert_eq!(got.client.unwrap().os.as_ref(), "Windows 10");
+        assert!(e.ua.len() <= 2);
+    }
+
+    #[test]
+    fn the_first_hit_is_first_and_no_database_means_no_geo() {
+        let e = enricher("");
+        let first = run(&e, Kind::Open, Some(b"Mozilla/5.0"), "81.2.69.160");
+        assert!(first.first && first.geo.is_none() && first.asn.is_none());
+        assert!(!run(&e, Kind::Open, Some(b"Mozilla/5.0"), "81.2.69.160").first);
+    }
+
+    #[test]
+    fn geo_and_asn_come_from_the_full_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let city = fixtures::write_city(dir.path(), "a");
+        let asn = fixtures::write_asn(dir.path());
+        let e = enricher(&format!(
+            "[geoip]\ncity_db = {:?}\nasn_db = {:?}\n",
+            city.display().to_string(),
+            asn.display().to_string()
+        ));
+        let got = run(
+            &e,
+            Kind::Open,
+            Some(b"Mozilla/5.0 (Windows NT 10.0)"),
+            "203.0.113.9",
+        );
+        let geo = got.geo.unwrap();
+        assert_eq!(
+            (
+                geo.country.as_deref(),
+                geo.region.as_deref(),
+                geo.city.as_deref()
+            ),
+            (Some("RU"), Some("MOW"), Some("Москва"))
+        );
+        assert_eq!(got.asn.unwrap().number, 16_509);
+        assert_eq!(got.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+}
