@@ -164,7 +164,8 @@ fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
             &config,
             spool.clone(),
             "bench",
-            health.register("f", Duration::from_secs(3600)),
+            &health,
+            Duration::from_secs(3600),
         )
         .expect("forwarder");
         while spool.records() > 0 {

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{ForwardConfig, SinkConfig};
 use crate::event::now_ms;
-use crate::health::Heartbeat;
+use crate::health::{Health, Heartbeat};
 use crate::metrics as m;
 use crate::record;
 use crate::shutdown::{self, Signal, Trigger};
@@ -130,12 +130,14 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts forwarding from `spool` to the configured sink (`none`: nothing runs).
+    /// Starts forwarding from `spool` to the configured sink (`none`: nothing runs);
+    /// the read loop reports to `health` within `deadline`.
     pub fn start(
         config: &ForwardConfig,
         spool: Arc<Spool>,
         node: &str,
-        heartbeat: Heartbeat,
+        health: &Health,
+        deadline: Duration,
     ) -> Result<Forwarder, ForwardError> {
         let sink: Option<Arc<dyn Sink>> = match &config.sink {
             SinkConfig::None => None,
@@ -158,9 +160,11 @@ impl Forwarder {
         for reason in FAILURE_REASONS {
             metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).absolute(0);
         }
+        // With no sink nothing runs, so nothing registers for readiness.
         let Some(sink) = sink else {
             return Ok(Forwarder { status, task: None });
         };
+        let heartbeat = health.register("forwarder", deadline);
         let (finish, finishing) = shutdown::channel();
         let pipeline = Arc::new(Pipeline {
             sink,

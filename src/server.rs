@@ -114,7 +114,8 @@ pub async fn run(
         &config.forward,
         spool.clone(),
         &config.node_id,
-        health.register("forwarder", FORWARDER_DEADLINE),
+        &health,
+        FORWARDER_DEADLINE,
     )?;
 
     let public = bind("public", config.public.addr).await?;

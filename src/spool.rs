@@ -3,10 +3,10 @@
 //!
 //! Requests push [`Event`]s into a bounded channel with [`EventSender::send`], which
 //! never waits: a full channel drops the event and counts it. The writer thread (disk
-//! I/O never runs on the async workers) gathers a batch — up to `max_batch_events`
-//! events or `max_batch_bytes`, or whatever arrived within `batch_delay` of the
-//! first — encodes it into one segment ([`crate::record`]) and appends it under the
-//! next sequence number: one engine write per group commit.
+//! I/O never runs on the async workers) wakes every `batch_delay`, takes what has
+//! arrived in segments of up to `max_batch_events` events or `max_batch_bytes`,
+//! encodes each ([`crate::record`]) and appends it under the next sequence number:
+//! one engine write per group commit, and no wake-up per request.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -20,7 +20,7 @@
 //! in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ use crate::store::{Bytes, Seq, Store, StoreError};
 
 /// The longest the writer sleeps between looks at the stop flag and the clock.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+/// The shortest: below this a sleeping writer is a spinning writer.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// How often age bounds and gauges are refreshed.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Segments looked at per step when enforcing a bound.
@@ -340,66 +342,69 @@ struct WriterTask {
 impl WriterTask {
     fn run(mut self) {
         loop {
-            match self.receiver.recv_timeout(self.wait()) {
-                Ok(first) => {
-                    let batch = self.gather(first);
-                    self.commit(batch);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+            // Never block in `recv`: a blocked receiver makes every `try_send` on the
+            // request path wake this thread, a context switch per request. Sleeping
+            // and draining costs one wake-up per `batch_delay` instead.
+            let disconnected = self.drain();
             self.heartbeat.beat();
             self.flush_if_due();
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 self.housekeeping();
             }
-            if self.stop.load(Ordering::Acquire) {
+            if disconnected || self.stop.load(Ordering::Acquire) {
                 break;
             }
+            std::thread::sleep(self.pause());
         }
         // Whatever is still queued was answered: it goes to disk before we exit.
-        while let Ok(first) = self.receiver.try_recv() {
-            let batch = self.gather(first);
-            self.commit(batch);
-        }
+        self.drain();
         self.flush();
         self.spool.publish_gauges();
         metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
     }
 
-    /// How long to block for the next event: short enough to flush in time.
-    fn wait(&self) -> Duration {
-        match (self.unflushed_since, self.config.durability) {
-            (Some(since), Durability::Interval(every)) => {
-                every.saturating_sub(since.elapsed()).min(STOP_CHECK)
+    /// Commits everything queued, in segments; true when every sender is gone.
+    fn drain(&mut self) -> bool {
+        loop {
+            let mut segment = SegmentWriter::new();
+            let disconnected = loop {
+                match self.receiver.try_recv() {
+                    Ok(event) => {
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(err) = segment.push(&event) {
+                            self.failed(&err, 1);
+                            self.dropped(DropReason::WriteFailed, 1);
+                        }
+                        if segment.len() >= self.config.max_batch_events.get()
+                            || segment.bytes() >= self.config.max_batch_bytes
+                        {
+                            break false;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                }
+            };
+            let full = segment.len() >= self.config.max_batch_events.get()
+                || segment.bytes() >= self.config.max_batch_bytes;
+            if !segment.is_empty() {
+                self.commit(segment);
             }
-            _ => STOP_CHECK,
+            if disconnected || !full {
+                return disconnected;
+            }
         }
     }
 
-    fn gather(&mut self, first: Event) -> SegmentWriter {
-        let deadline = Instant::now() + self.config.batch_delay;
-        let mut segment = SegmentWriter::new();
-        let mut next = Some(first);
-        while let Some(event) = next.take() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            if let Err(err) = segment.push(&event) {
-                self.failed(&err, 1);
-                self.dropped(DropReason::WriteFailed, 1);
-            }
-            if segment.len() >= self.config.max_batch_events.get()
-                || segment.bytes() >= self.config.max_batch_bytes
-            {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            next = if left.is_zero() {
-                self.receiver.try_recv().ok()
-            } else {
-                self.receiver.recv_timeout(left).ok()
-            };
+    /// How long to sleep: one batch delay, or less when an fsync falls due sooner.
+    fn pause(&self) -> Duration {
+        let pause = self.config.batch_delay.clamp(MIN_PAUSE, STOP_CHECK);
+        match (self.unflushed_since, self.config.durability) {
+            (Some(since), Durability::Interval(every)) => every
+                .saturating_sub(since.elapsed())
+                .clamp(MIN_PAUSE, pause),
+            _ => pause,
         }
-        segment
     }
 
     fn commit(&mut self, mut segment: SegmentWriter) {
