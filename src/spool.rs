@@ -687,8 +687,17 @@ mod tests {
 
     async fn run(config: &SpoolConfig, events: impl IntoIterator<Item = Event>) -> Arc<Spool> {
         let health = Health::new();
-        let (sender, writer, spool) =
-            start(config, health.register("w", Duration::from_secs(5))).unwrap();
+        // A reopen may find sled still letting go of the directory lock: wait a bit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (sender, writer, spool) = loop {
+            match start(config, health.register("w", Duration::from_secs(5))) {
+                Ok(started) => break started,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(err) => panic!("cannot start the spool: {err}"),
+            }
+        };
         for event in events {
             sender.send(event).unwrap();
         }

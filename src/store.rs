@@ -216,11 +216,23 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn open(dir: &Path) -> Store {
-        Store::open(dir, 8 << 20).unwrap()
+    /// Opens, waiting (bounded) for the previous handle's background threads to let
+    /// go of the directory lock: sled releases it asynchronously after a drop.
+    pub(crate) fn open(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, 8 << 20) {
+                Ok(store) => return store,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    let _ = err;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("cannot reopen the store: {err}"),
+            }
+        }
     }
 
     #[test]

@@ -83,7 +83,7 @@ mod tests {
     fn suppressions_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = crate::store::tests::open(dir.path());
             let set = Suppressions::load(store).unwrap();
             assert!(!set.contains("acme", "r1"));
             assert!(set.add("acme", "r1").unwrap());
@@ -97,7 +97,7 @@ mod tests {
                 "the separator keeps keys apart"
             );
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = crate::store::tests::open(dir.path());
         let set = Suppressions::load(store).unwrap();
         assert!(set.contains("acme", "r1"));
         assert!(!set.contains("acme", "r2"));
