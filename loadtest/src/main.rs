@@ -1,34 +1,134 @@
-//! `trackedge-loadtest`: the load generator and side-by-side comparison runner.
-//!
-//! Its harness (open/closed-loop load, HDR histograms, accounting, compare mode)
-//! is the load-test issue's work; until then this member only pins the workspace
-//! shape and checks that URLs minted through the library look right.
+//! The `trackedge-loadtest` command; the work is in the library modules.
+#![forbid(unsafe_code)]
 
-fn main() {
-    let keys = trackedge::KeyRing::new(vec![trackedge::Key::new(
-        1,
-        b"loadtest placeholder key, never used to serve",
-    )])
-    .expect("one key");
-    let claims = trackedge::Claims {
-        kind: trackedge::Kind::Open,
-        tenant: "loadtest".into(),
-        campaign: "c".into(),
-        message: "m".into(),
-        recipient: None,
-        link: 0,
-        target: None,
-        expires_at: None,
-        sent_at: None,
-    };
-    match trackedge::mint_url("http://127.0.0.1:8080", &keys, &claims) {
-        Ok(url) => {
-            eprintln!("trackedge-loadtest: load generation is not built yet; a sample URL: {url}");
-            std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use trackedge_loadtest::cli::{self, LoadArgs, OutputArgs, TrafficArgs};
+use trackedge_loadtest::{edge, floor, geodb, load, process};
+
+#[derive(Parser)]
+#[command(
+    name = "trackedge-loadtest",
+    about = "Load, accounting and comparison runs for trackedge (127.0.0.1 only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive load against a running trackedge (--target, --keys) or one it starts.
+    Run(Box<RunArgs>),
+    /// Run the bare hyper floor server (used by `compare`).
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        worker_threads: usize,
+    },
+    /// Write a generated GeoIP2-City-shaped database.
+    Geodb {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = geodb::DEFAULT_NETWORKS)]
+        networks: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A running server's public address; without it trackedge is started here.
+    #[arg(long, requires = "keys")]
+    target: Option<SocketAddr>,
+    /// The running server's key file (for minting).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// The trackedge binary to start [default: next to this one].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Worker threads of the started server (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
+    /// Pin the started server to this core and the client to --client-core.
+    #[arg(long)]
+    server_core: Option<usize>,
+    #[arg(long)]
+    client_core: Option<usize>,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(*args),
+        Command::Floor {
+            addr,
+            worker_threads,
+        } => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "the floor listens on loopback only"
+            );
+            floor::run(addr, worker_threads)
         }
-        Err(err) => {
-            eprintln!("trackedge-loadtest: {err}");
-            std::process::exit(1);
+        Command::Geodb {
+            out,
+            networks,
+            seed,
+        } => {
+            geodb::generate(&out, networks, seed)?;
+            println!("wrote {} ({networks} networks)", out.display());
+            Ok(())
         }
     }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(core) = args.client_core {
+        process::pin_self(core)?;
+    }
+    let (geo_path, networks) = args.traffic.geo()?;
+    let temp = tempfile::tempdir().context("temp dir")?;
+    let (target, keys, mut server) = match (args.target, &args.keys) {
+        (Some(target), Some(keys)) => (target, trackedge::keys::load(keys, false)?, None),
+        _ => {
+            let bin = edge::locate(args.server_bin.as_deref())?;
+            let options = edge::EdgeOptions {
+                worker_threads: args.worker_threads,
+                forward_url: None,
+                geoip: Some(geo_path),
+            };
+            let setup = edge::prepare(&bin, temp.path(), &options)?;
+            for note in &setup.notes {
+                eprintln!("note: {note}");
+            }
+            let server = edge::spawn(&setup, args.server_core)?;
+            let keys = trackedge::keys::load(&setup.data_dir.join("keys.txt"), false)?;
+            (server.public, keys, Some(server))
+        }
+    };
+    let requests = args.traffic.prepare(&keys, networks)?;
+    let spec = args.load.spec(target, !args.output.quiet)?;
+    let runtime = cli::runtime(args.load.client_threads)?;
+    let outcome = runtime.block_on(load::drive(spec, requests))?;
+    if let Some(server) = server.as_mut() {
+        server.stop(Duration::from_secs(15))?;
+    }
+    args.output.print(&outcome);
+    args.output.write_json(&outcome)?;
+    args.output
+        .write_plot("trackedge latency by percentile", &outcome)?;
+    Ok(())
 }
