@@ -13,6 +13,8 @@
 //! - [`procstat`]: CPU time and RSS from /proc.
 #![forbid(unsafe_code)]
 
+pub mod account;
+pub mod accounting;
 pub mod cli;
 pub mod client;
 pub mod edge;
@@ -23,6 +25,7 @@ pub mod load;
 pub mod plot;
 pub mod process;
 pub mod procstat;
+pub mod receiver;
 pub mod report;
 pub mod schedule;
 pub mod traffic;

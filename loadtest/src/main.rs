@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use trackedge_loadtest::cli::{self, LoadArgs, OutputArgs, TrafficArgs};
-use trackedge_loadtest::{edge, floor, geodb, load, process};
+use trackedge_loadtest::{account, accounting, edge, floor, geodb, load, process};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Drive load against a running trackedge (--target, --keys) or one it starts.
     Run(Box<RunArgs>),
+    /// Start trackedge forwarding to a local receiver, drive load, prove nothing is lost.
+    Account(Box<AccountArgs>),
     /// Run the bare hyper floor server (used by `compare`).
     Floor {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -70,9 +72,32 @@ struct RunArgs {
     output: OutputArgs,
 }
 
+#[derive(clap::Args)]
+struct AccountArgs {
+    /// The trackedge binary to start [default: next to this one].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
+    /// How long the forwarder gets to deliver everything, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
+        Command::Account(args) => {
+            let ok = account(*args)?;
+            // Unexplained loss is a failed run for scripts and CI.
+            std::process::exit(if ok { 0 } else { 1 });
+        }
         Command::Floor {
             addr,
             worker_threads,
@@ -131,4 +156,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     args.output
         .write_plot("trackedge latency by percentile", &outcome)?;
     Ok(())
+}
+
+fn account(args: AccountArgs) -> anyhow::Result<bool> {
+    let bin = edge::locate(args.server_bin.as_deref())?;
+    let temp = tempfile::tempdir().context("temp dir")?;
+    let runtime = cli::runtime(args.load.client_threads)?;
+    let report = runtime.block_on(account::run(
+        &bin,
+        temp.path(),
+        args.worker_threads,
+        &args.load,
+        &args.traffic,
+        !args.output.quiet,
+        Duration::from_secs_f64(args.drain_timeout.clamp(1.0, 600.0)),
+    ))?;
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    println!("delivery checked via: {}", report.delivery);
+    args.output.print(&report.load);
+    print!("{}", accounting::table(&report.accounting));
+    args.output.write_json(&report)?;
+    args.output
+        .write_plot("trackedge latency by percentile", &report.load)?;
+    Ok(report.accounting.ok)
 }
