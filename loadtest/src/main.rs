@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use trackedge_loadtest::cli::{self, LoadArgs, OutputArgs, TrafficArgs};
-use trackedge_loadtest::{account, accounting, edge, floor, geodb, load, process};
+use trackedge_loadtest::{account, accounting, edge, floor, geodb, load, nginx, process};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Start trackedge forwarding to a local receiver, drive load, prove nothing is lost.
     Account(Box<AccountArgs>),
+    /// Floor vs trackedge vs nginx: pinned, alternating, CPU per request, ratios.
+    Compare(Box<CompareArgs>),
     /// Run the bare hyper floor server (used by `compare`).
     Floor {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -93,6 +95,7 @@ struct AccountArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
+        Command::Compare(args) => compare(*args),
         Command::Account(args) => {
             let ok = account(*args)?;
             // Unexplained loss is a failed run for scripts and CI.
@@ -181,4 +184,137 @@ fn account(args: AccountArgs) -> anyhow::Result<bool> {
     args.output
         .write_plot("trackedge latency by percentile", &report.load)?;
     Ok(report.accounting.ok)
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Rounds; each runs every server once, in rotating order.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of the closed-loop max-throughput phase per server and round.
+    #[arg(long, default_value_t = 5.0)]
+    max_seconds: f64,
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    #[arg(long, default_value_t = 1)]
+    client_core: usize,
+    /// Do not pin (for machines with one core).
+    #[arg(long)]
+    no_pin: bool,
+    /// Worker threads of every server.
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
+    /// Leave nginx out even when installed.
+    #[arg(long)]
+    no_nginx: bool,
+    /// --rate 0 (the default here) means half the floor's max rate.
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn compare(mut args: CompareArgs) -> anyhow::Result<()> {
+    use trackedge_loadtest::compare::{self, Server};
+    if !args.no_pin {
+        process::pin_self(args.client_core)?;
+    }
+    let temp = tempfile::tempdir().context("temp dir")?;
+    let bin = edge::locate(args.server_bin.as_deref())?;
+    let (geo_path, networks) = args.traffic.geo()?;
+    let edge_setup = edge::prepare(
+        &bin,
+        temp.path(),
+        &edge::EdgeOptions {
+            worker_threads: args.worker_threads,
+            forward_url: None,
+            geoip: Some(geo_path),
+        },
+    )?;
+    let mut notes = edge_setup.notes.clone();
+    let nginx_bin = if args.no_nginx { None } else { nginx::locate() };
+    if nginx_bin.is_none() && !args.no_nginx {
+        notes.push("nginx is not installed: skipped (apt-get install -y nginx-light)".into());
+    }
+    let setup = compare::Setup {
+        loadtest_bin: std::env::current_exe().context("this executable")?,
+        edge: edge_setup,
+        nginx: nginx_bin,
+        dir: temp.path().to_owned(),
+        server_core: (!args.no_pin).then_some(args.server_core),
+        worker_threads: args.worker_threads,
+    };
+    // One start creates the edge's key file, which the traffic is signed with.
+    {
+        let mut first = edge::spawn(&setup.edge, None)?;
+        first.stop(Duration::from_secs(15))?;
+    }
+    let keys = trackedge::keys::load(&setup.edge.data_dir.join("keys.txt"), false)?;
+    let requests = args.traffic.prepare(&keys, networks)?;
+    let runtime = cli::runtime(args.load.client_threads)?;
+    let asked_rate = args.load.rate;
+    args.load.rate = 0.0;
+    let mut servers = vec![Server::Floor, Server::Trackedge];
+    if setup.nginx.is_some() {
+        servers.push(Server::Nginx);
+    }
+    let (rate, all) = runtime.block_on(async {
+        let floor_max = compare::max_rate(
+            &setup,
+            Server::Floor,
+            &args.load,
+            args.max_seconds,
+            requests.clone(),
+        )
+        .await?;
+        let rate = compare::pick_rate(asked_rate, floor_max.achieved_rps);
+        eprintln!(
+            "floor max {:.0} req/s (client CPU {:.0}%); fixed rate {rate:.0} req/s",
+            floor_max.achieved_rps,
+            floor_max.client_cpu_share * 100.0
+        );
+        let mut all = Vec::new();
+        for round in 0..args.rounds.max(1) {
+            for server in compare::order(&servers, round) {
+                let m = compare::measure(
+                    &setup,
+                    server,
+                    round,
+                    &args.load,
+                    rate,
+                    args.max_seconds,
+                    requests.clone(),
+                )
+                .await?;
+                eprintln!(
+                    "round {round} {:<9} cpu {:.2} µs/req  p99 {:.0} µs  max {:.0} req/s",
+                    server.as_str(),
+                    m.cpu_us_per_request,
+                    m.latency.p99_us,
+                    m.max_rps
+                );
+                all.push(m);
+            }
+        }
+        Ok::<_, anyhow::Error>((rate, all))
+    })?;
+    let summary = compare::summarize(rate, args.rounds.max(1), &all, notes);
+    print!("{}", compare::table(&summary));
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        summary: &'a compare::Summary,
+        measurements: &'a [compare::Measurement],
+    }
+    args.output.write_json(&Json {
+        summary: &summary,
+        measurements: &all,
+    })?;
+    if let Some(path) = &args.output.plot {
+        compare::plot(path, &all, args.rounds.max(1))?;
+    }
+    Ok(())
 }
