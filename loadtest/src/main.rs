@@ -209,7 +209,10 @@ struct CompareArgs {
     /// Leave nginx out even when installed.
     #[arg(long)]
     no_nginx: bool,
-    /// --rate 0 (the default here) means half the floor's max rate.
+    /// Rate of the fixed-rate phase in req/s; 0: half the floor's max rate.
+    /// (--rate is not used by compare.)
+    #[arg(long, default_value_t = 0.0)]
+    fixed_rate: f64,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
@@ -256,7 +259,7 @@ fn compare(mut args: CompareArgs) -> anyhow::Result<()> {
     let keys = trackedge::keys::load(&setup.edge.data_dir.join("keys.txt"), false)?;
     let requests = args.traffic.prepare(&keys, networks)?;
     let runtime = cli::runtime(args.load.client_threads)?;
-    let asked_rate = args.load.rate;
+    let asked_rate = args.fixed_rate;
     args.load.rate = 0.0;
     let mut servers = vec![Server::Floor, Server::Trackedge];
     if setup.nginx.is_some() {
