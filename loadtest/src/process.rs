@@ -134,8 +134,8 @@ impl Spawned {
     /// SIGTERM, then waits up to `grace`; SIGKILL after that. Returns whether it
     /// exited on its own (a graceful stop).
     pub fn stop(&mut self, grace: Duration) -> anyhow::Result<bool> {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return Ok(true);
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Ok(status.success());
         }
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -147,7 +147,8 @@ impl Spawned {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Ok(status.success() || status.code().is_none());
+                // A server that handles SIGTERM exits 0; death by the signal is not graceful.
+                return Ok(status.success());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
