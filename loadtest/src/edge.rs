@@ -65,13 +65,31 @@ fn accepted(bin: &Path, config: &Path, data_dir: &Path) -> anyhow::Result<Result
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("RUST_LOG")
+        // The refusal is a note in the report, not a place for a backtrace.
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
         .output()
         .with_context(|| format!("cannot run {} check-config", bin.display()))?;
     Ok(if output.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        Err(one_line(&String::from_utf8_lossy(&output.stderr)))
     })
+}
+
+/// toml's multi-line error (source excerpt with a `|` gutter) as one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('|'))
+        // `5 | [enrich]`: a numbered source line of the excerpt.
+        .filter(|line| {
+            line.split('|')
+                .next()
+                .is_none_or(|n| n.trim().parse::<u32>().is_err())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Writes the richest config this build accepts into `dir`.
@@ -175,5 +193,14 @@ mod tests {
         let (table, key) = GEOIP_DB_KEY.rsplit_once('.').unwrap();
         assert_eq!(value[table][key].as_str(), Some("/tmp/geo.mmdb"));
         assert!(!render(&options, false, false).contains("forward"));
+    }
+
+    #[test]
+    fn refusals_become_one_line() {
+        let text = "Error: config is not valid TOML for trackedge: TOML parse error at line 5, column 2\n  |\n5 | [enrich]\n  |  ^^^^^^\nunknown field `enrich`, expected one of `node_id`\n";
+        assert_eq!(
+            one_line(text),
+            "Error: config is not valid TOML for trackedge: TOML parse error at line 5, column 2 unknown field `enrich`, expected one of `node_id`"
+        );
     }
 }
