@@ -1,0 +1,33 @@
+//! trackedge-loadtest: the load generator, the accounting check and the
+//! side-by-side comparison runner for trackedge.
+//!
+//! # Layout
+//! - [`schedule`]: open-loop pacing; [`client`]: keep-alive HTTP/1.1 and h2c
+//!   connections; [`load`]: drives a phase and counts; [`histogram`]: HDR latency
+//!   with coordinated-omission correction; [`report`] and [`plot`]: tables and PNG.
+//! - [`traffic`]: the realistic request mix; [`geodb`]: a GeoIP2-City-shaped
+//!   database of realistic size.
+//! - [`process`], [`edge`], [`floor`], [`nginx`]: the servers under test.
+//! - [`receiver`] and [`accounting`]: the upstream that proves nothing is lost.
+//! - [`compare`]: floor vs trackedge vs nginx, alternating, pinned, CPU per request.
+//! - [`procstat`]: CPU time and RSS from /proc.
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod accounting;
+pub mod cli;
+pub mod client;
+pub mod compare;
+pub mod edge;
+pub mod floor;
+pub mod geodb;
+pub mod histogram;
+pub mod load;
+pub mod nginx;
+pub mod plot;
+pub mod process;
+pub mod procstat;
+pub mod receiver;
+pub mod report;
+pub mod schedule;
+pub mod traffic;
