@@ -157,7 +157,10 @@ pub fn generate(path: &Path, count: usize, seed: u64) -> anyhow::Result<Vec<IpNe
     let nets = networks(count, seed);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
     let cities: Vec<Value> = (0..CITIES).map(|i| city(i, &mut rng)).collect();
-    let mut writer = mmdb_writer::Writer::new("GeoIP2-City");
+    // A description is required: trackedge verifies a database before it loads it.
+    let mut writer = mmdb_writer::Writer::builder("GeoIP2-City")
+        .description(&[("en", "trackedge-loadtest generated City database")])
+        .build();
     for (index, net) in nets.iter().enumerate() {
         writer
             .insert_value(*net, cities[index % CITIES].clone())
@@ -189,7 +192,8 @@ pub fn ensure(
         );
         return Ok((path.to_owned(), Vec::new()));
     }
-    let path = std::env::temp_dir().join(format!("trackedge-loadtest-geoip-{count}-{seed}.mmdb"));
+    let path =
+        std::env::temp_dir().join(format!("trackedge-loadtest-geoip-v2-{count}-{seed}.mmdb"));
     if path.exists() {
         return Ok((path, networks(count, seed)));
     }
