@@ -83,7 +83,7 @@ pub fn erase(spool: &Spool, tenant: &str, recipient: &str) -> Result<Erased, Sto
             Some(Some(rest)) => {
                 let new_len = record::count_of(&rest);
                 if let Some(old) = store.replace(seq, rest.clone())? {
-                    erased.events += record::count_of(&old) - new_len;
+                    erased.events += record::count_of(&old).saturating_sub(new_len);
                     spool.note_rewritten(&old, &rest);
                 }
             }
@@ -102,7 +102,7 @@ pub fn erase(spool: &Spool, tenant: &str, recipient: &str) -> Result<Erased, Sto
             Some(Some(rest)) => {
                 let new_len = record::count_of(&rest);
                 if let Some(old) = store.replace_dead_letter(seq, rest)? {
-                    let events = record::count_of(&old) - new_len;
+                    let events = record::count_of(&old).saturating_sub(new_len);
                     spool.note_dead_letters_removed(events);
                     erased.dead_letters += events;
                 }
