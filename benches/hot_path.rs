@@ -94,6 +94,7 @@ fn hot_path(c: &mut Criterion) {
         privacy,
         node: "bench".into(),
         max_token_bytes: 4096,
+        max_uri_bytes: 8192,
         max_body_bytes: 4096,
         body_timeout: Duration::from_secs(10),
         click_fallback: None,

@@ -81,6 +81,12 @@ pub struct RawPublic {
     pub max_body_bytes: usize,
     pub max_token_bytes: usize,
     pub click_fallback_url: String,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
     pub tls: Vec<RawTlsCert>,
 }
 
@@ -325,6 +331,12 @@ impl Default for RawPublic {
             max_body_bytes: 4096,
             max_token_bytes: 4096,
             click_fallback_url: String::new(),
+            max_uri_bytes: 8192,
+            max_header_bytes: 16_384,
+            max_headers: 100,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
             tls: Vec::new(),
         }
     }
@@ -522,6 +534,16 @@ pub struct PublicConfig {
     pub max_token_bytes: usize,
     /// Already checked to be a safe http(s) URL.
     pub click_fallback_url: Option<String>,
+    /// Longer request targets get 414 before any routing.
+    pub max_uri_bytes: usize,
+    /// HTTP/1 read buffer: a request head larger than this is refused (431).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Connections past this are closed at once.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// Reset-flood protection (HTTP/2 rapid reset).
+    pub h2_max_pending_reset_streams: usize,
     pub tls: Vec<TlsCertConfig>,
 }
 
@@ -912,6 +934,31 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
             "must be between 64 and 16384",
         ));
     }
+    if !(256..=65_536).contains(&raw.max_uri_bytes) {
+        return Err(invalid(
+            "public.max_uri_bytes",
+            "must be between 256 and 65536",
+        ));
+    }
+    // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+    if !(8192..=1 << 20).contains(&raw.max_header_bytes) {
+        return Err(invalid(
+            "public.max_header_bytes",
+            "must be between 8192 and 1048576",
+        ));
+    }
+    if !(16..=1000).contains(&raw.max_headers) {
+        return Err(invalid("public.max_headers", "must be between 16 and 1000"));
+    }
+    if raw.max_connections == 0 {
+        return Err(invalid("public.max_connections", "must be at least 1"));
+    }
+    if raw.h2_max_concurrent_streams == 0 {
+        return Err(invalid(
+            "public.h2_max_concurrent_streams",
+            "must be at least 1",
+        ));
+    }
     let mut tls = Vec::with_capacity(raw.tls.len());
     for cert in raw.tls {
         if cert.cert_path.is_empty() || cert.key_path.is_empty() {
@@ -954,6 +1001,12 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         max_token_bytes: raw.max_token_bytes,
         click_fallback_url,
+        max_uri_bytes: raw.max_uri_bytes,
+        max_header_bytes: raw.max_header_bytes,
+        max_headers: raw.max_headers,
+        max_connections: raw.max_connections,
+        h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
+        h2_max_pending_reset_streams: raw.h2_max_pending_reset_streams,
         tls,
     })
 }

@@ -38,6 +38,7 @@ pub struct Edge {
     pub privacy: Privacy,
     pub node: Arc<str>,
     pub max_token_bytes: usize,
+    pub max_uri_bytes: usize,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     /// Where bad click tokens go instead of the 404 page; checked at config time.
@@ -95,15 +96,17 @@ pub enum HttpError {
     BodyTooLarge,
     BodyUnreadable,
     NotOneClick,
+    UriTooLong,
 }
 
 impl HttpError {
-    pub const ALL: [HttpError; 5] = [
+    pub const ALL: [HttpError; 6] = [
         HttpError::NotFound,
         HttpError::MethodNotAllowed(""),
         HttpError::BodyTooLarge,
         HttpError::BodyUnreadable,
         HttpError::NotOneClick,
+        HttpError::UriTooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +116,7 @@ impl HttpError {
             HttpError::BodyTooLarge => "body_too_large",
             HttpError::BodyUnreadable => "body_unreadable",
             HttpError::NotOneClick => "not_one_click",
+            HttpError::UriTooLong => "uri_too_long",
         }
     }
 
@@ -123,6 +127,7 @@ impl HttpError {
             HttpError::BodyTooLarge => 2,
             HttpError::BodyUnreadable => 3,
             HttpError::NotOneClick => 4,
+            HttpError::UriTooLong => 5,
         }
     }
 
@@ -146,6 +151,7 @@ impl HttpError {
             HttpError::NotOneClick => {
                 response::html(StatusCode::BAD_REQUEST, response::BAD_UNSUBSCRIBE_PAGE)
             }
+            HttpError::UriTooLong => response::text(StatusCode::URI_TOO_LONG, "uri too long\n"),
         }
     }
 }
@@ -174,6 +180,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
+    let uri = request.uri();
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > edge.max_uri_bytes {
+        edge.metrics.refused(HttpError::UriTooLong);
+        let response = HttpError::UriTooLong.respond();
+        edge.metrics
+            .answered(RouteName::NotFound, response.status(), started.elapsed());
+        return response;
+    }
     let (route, token) = match_path(request.uri().path());
     let result = match route {
         RouteName::Pixel => pixel::answer(edge, &request, token, peer),

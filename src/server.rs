@@ -34,7 +34,13 @@ use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
-const CONNECTION_ERROR_REASONS: [&str; 4] = ["accept", "tls_handshake", "tls_timeout", "http"];
+const CONNECTION_ERROR_REASONS: [&str; 5] = [
+    "accept",
+    "tls_handshake",
+    "tls_timeout",
+    "http",
+    "too_many_connections",
+];
 
 /// A writer that has not looped for this long is stuck: the edge turns unready.
 const WRITER_DEADLINE: Duration = Duration::from_secs(5);
@@ -136,6 +142,7 @@ pub async fn run(
         privacy,
         node: config.node_id.as_str().into(),
         max_token_bytes: config.public.max_token_bytes,
+        max_uri_bytes: config.public.max_uri_bytes,
         max_body_bytes: config.public.max_body_bytes,
         body_timeout: config.public.header_read_timeout,
         click_fallback: config
@@ -170,12 +177,13 @@ pub async fn run(
     on_listening(bound);
 
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.public.max_connections));
     accept_public(
         public,
         tls,
         edge,
         connection_builder(&config),
-        &graceful,
+        (&graceful, slots),
         &mut shutdown,
     )
     .await;
@@ -229,9 +237,16 @@ fn connection_builder(config: &Config) -> Arc<auto::Builder<TokioExecutor>> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.public.header_read_timeout)
+        .max_buf_size(config.public.max_header_bytes)
+        .max_headers(config.public.max_headers)
         .keep_alive(true);
     if config.public.http2 {
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.public.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(config.public.h2_max_pending_reset_streams)
+            .max_header_list_size(config.public.max_header_bytes as u32);
     }
     Arc::new(builder)
 }
@@ -241,7 +256,7 @@ async fn accept_public(
     tls: Option<TlsAcceptor>,
     edge: Arc<Edge>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    (graceful, slots): (&GracefulShutdown, Arc<tokio::sync::Semaphore>),
     shutdown: &mut Signal,
 ) {
     let accepted_total = metrics::counter!(m::HTTP_CONNECTIONS_TOTAL);
@@ -265,8 +280,16 @@ async fn accept_public(
             () = shutdown.recv() => return,
         };
         accepted_total.increment(1);
+        // Past the cap a connection is closed at once: cheap, and the client knows.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "too_many_connections")
+                .increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
+            slot,
             stream,
             peer,
             tls.clone(),
@@ -278,6 +301,7 @@ async fn accept_public(
 }
 
 async fn serve_connection(
+    _slot: tokio::sync::OwnedSemaphorePermit,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
