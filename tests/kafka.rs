@@ -10,7 +10,7 @@ use common::{claims, get, TestServer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use trackedge::Kind;
 
 const TOPIC: &str = "trackedge-events";
@@ -44,10 +44,17 @@ async fn every_event_reaches_the_mock_cluster_once_it_accepts() {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("group.id", "trackedge-test")
-            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        consumer.subscribe(&[TOPIC]).expect("subscribe");
+        // Every partition from its first offset, without group rebalances.
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..3 {
+            partitions
+                .add_partition_offset(TOPIC, partition, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&partitions).expect("assign");
         let mut messages = HashSet::new();
         let mut keys_match = true;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -66,6 +73,13 @@ async fn every_event_reaches_the_mock_cluster_once_it_accepts() {
     .await
     .unwrap();
     let (messages, keys_match) = received;
+    let missing: Vec<&String> = sent.difference(&messages).collect();
+    let delivered = server.metric("trackedge_forward_events_total").await;
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?}; the edge reports {delivered} delivered\n{}",
+        server.stderr()
+    );
     assert_eq!(messages, sent, "every event arrives");
     assert!(keys_match, "each message is keyed by its message id");
     drop(cluster);
