@@ -92,6 +92,7 @@ fn hot_path(c: &mut Criterion) {
         enrich: Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
         metrics: RequestMetrics::register(),
         privacy,
+        limiter: trackedge::ratelimit::RecordLimiter::new(config.rate_limit.clone(), 0),
         node: "bench".into(),
         max_token_bytes: 4096,
         max_uri_bytes: 8192,

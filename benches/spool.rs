@@ -49,6 +49,7 @@ fn event(n: u64) -> Event {
         gpc: false,
         head: false,
         self_open: false,
+        rate_limited: false,
         node: "bench".into(),
     }
 }

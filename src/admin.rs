@@ -308,6 +308,7 @@ async fn queue_erasure_record(edge: &Edge, tenant: &str, recipient: &str) -> boo
             gpc: false,
             head: false,
             self_open: false,
+            rate_limited: false,
             node: edge.node.clone(),
         };
         match edge.events.send(record) {

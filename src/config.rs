@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::enrich::cidr::CidrSet;
 use crate::enrich::client_ip::{self, Source};
 use crate::enrich::dedup::{DedupSettings, MAX_BURST_LINKS};
+use crate::ratelimit::{Action, RateLimitSettings};
 
 /// The default configuration, compiled in so the binary runs anywhere.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/trackedge.toml");
@@ -69,6 +70,7 @@ pub struct RawConfig {
     pub geoip: RawGeoip,
     pub classify: RawClassify,
     pub dedup: RawDedup,
+    pub rate_limit: RawRateLimit,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -87,6 +89,9 @@ pub struct RawPublic {
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+    pub idle_timeout_ms: u64,
+    pub tls_reload_interval_ms: u64,
     pub tls: Vec<RawTlsCert>,
 }
 
@@ -248,6 +253,72 @@ pub struct RawDedup {
     pub burst_window_ms: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub enabled: bool,
+    pub events_per_sec: f64,
+    pub burst: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub action: String,
+    pub max_prefixes: usize,
+    pub exempt_apple_mpp: bool,
+    pub exempt_asns: Vec<u32>,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            events_per_sec: 20.0,
+            burst: 200,
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            action: "mark".into(),
+            max_prefixes: 100_000,
+            exempt_apple_mpp: true,
+            // Google, Microsoft, Yahoo: the networks of the mail image proxies.
+            exempt_asns: vec![15169, 8075, 10310, 36647, 26101],
+        }
+    }
+}
+
+fn validate_rate_limit(
+    raw: &RawRateLimit,
+    apple_mpp_cidrs: &[String],
+) -> Result<RateLimitSettings, ConfigError> {
+    if !(raw.events_per_sec.is_finite() && raw.events_per_sec > 0.0 && raw.events_per_sec <= 1e6) {
+        return Err(invalid(
+            "rate_limit.events_per_sec",
+            "must be above 0 and at most 1000000",
+        ));
+    }
+    let exempt = if raw.exempt_apple_mpp {
+        CidrSet::parse(apple_mpp_cidrs)
+            .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?
+    } else {
+        CidrSet::default()
+    };
+    Ok(RateLimitSettings {
+        enabled: raw.enabled,
+        events_per_sec: raw.events_per_sec,
+        burst: f64::from(in_range("rate_limit.burst", raw.burst, 1, 1_000_000)?),
+        ipv4_prefix: in_range("rate_limit.ipv4_prefix", raw.ipv4_prefix, 8, 32)?,
+        ipv6_prefix: in_range("rate_limit.ipv6_prefix", raw.ipv6_prefix, 16, 128)?,
+        action: Action::parse(&raw.action)
+            .ok_or_else(|| invalid("rate_limit.action", "must be \"mark\" or \"drop\""))?,
+        max_prefixes: in_range("rate_limit.max_prefixes", raw.max_prefixes, 2, 10_000_000)?,
+        exempt,
+        exempt_asns: {
+            let mut asns = raw.exempt_asns.clone();
+            asns.sort_unstable();
+            asns.dedup();
+            asns
+        },
+    })
+}
+
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
@@ -268,6 +339,7 @@ impl Default for RawConfig {
             geoip: RawGeoip::default(),
             classify: RawClassify::default(),
             dedup: RawDedup::default(),
+            rate_limit: RawRateLimit::default(),
         }
     }
 }
@@ -337,6 +409,9 @@ impl Default for RawPublic {
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_max_pending_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
+            idle_timeout_ms: 30_000,
+            tls_reload_interval_ms: 5000,
             tls: Vec::new(),
         }
     }
@@ -494,6 +569,7 @@ pub struct Config {
     pub geoip: GeoipConfig,
     pub classify: ClassifyConfig,
     pub dedup: DedupSettings,
+    pub rate_limit: RateLimitSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -544,6 +620,13 @@ pub struct PublicConfig {
     pub h2_max_concurrent_streams: u32,
     /// Reset-flood protection (HTTP/2 rapid reset).
     pub h2_max_pending_reset_streams: usize,
+    /// Streams the edge may reset for a client's protocol errors before it closes
+    /// the connection (the other half of reset-flood protection).
+    pub h2_max_local_error_reset_streams: usize,
+    /// No byte moved for this long: the connection is closed (see `crate::idle`).
+    pub idle_timeout: Duration,
+    /// How often the certificate and key files are checked for changes.
+    pub tls_reload_interval: Duration,
     pub tls: Vec<TlsCertConfig>,
 }
 
@@ -857,6 +940,7 @@ impl RawConfig {
                 )?,
             },
             dedup: validate_dedup(&self.dedup)?,
+            rate_limit: validate_rate_limit(&self.rate_limit, &self.classify.apple_mpp_cidrs)?,
         })
     }
 }
@@ -959,6 +1043,12 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
             "must be at least 1",
         ));
     }
+    if raw.h2_max_local_error_reset_streams == 0 {
+        return Err(invalid(
+            "public.h2_max_local_error_reset_streams",
+            "must be at least 1",
+        ));
+    }
     let mut tls = Vec::with_capacity(raw.tls.len());
     for cert in raw.tls {
         if cert.cert_path.is_empty() || cert.key_path.is_empty() {
@@ -1007,6 +1097,13 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
         max_connections: raw.max_connections,
         h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
         h2_max_pending_reset_streams: raw.h2_max_pending_reset_streams,
+        h2_max_local_error_reset_streams: raw.h2_max_local_error_reset_streams,
+        idle_timeout: millis("public.idle_timeout_ms", raw.idle_timeout_ms, 100)?,
+        tls_reload_interval: millis(
+            "public.tls_reload_interval_ms",
+            raw.tls_reload_interval_ms,
+            100,
+        )?,
         tls,
     })
 }

@@ -16,7 +16,7 @@ pub mod client_ip;
 pub mod dedup;
 pub mod geo;
 pub mod rules;
-mod twogen;
+pub(crate) mod twogen;
 pub mod ua;
 
 #[cfg(test)]

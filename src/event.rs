@@ -61,7 +61,15 @@ pub struct Event {
     /// The sender's own open (sender cookie or within the window after sending).
     #[serde(rename = "self")]
     pub self_open: bool,
+    /// Over the per-network recording limit (`rate_limit.action = "mark"`); the
+    /// field is left out when false.
+    #[serde(skip_serializing_if = "is_false")]
+    pub rate_limited: bool,
     pub node: Arc<str>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// What an event records: a tracked request, or an erasure to apply downstream.
@@ -201,6 +209,7 @@ mod tests {
             gpc: true,
             head: false,
             self_open: false,
+            rate_limited: false,
             node: "edge-1".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

@@ -58,6 +58,9 @@ pub const GEOIP_DATABASE_BUILD_TIMESTAMP_SECONDS: &str =
     "trackedge_geoip_database_build_timestamp_seconds";
 pub const DEDUP_EVENTS_TOTAL: &str = "trackedge_dedup_events_total";
 pub const DEDUP_EVICTIONS_TOTAL: &str = "trackedge_dedup_evictions_total";
+pub const RATELIMIT_EVENTS_TOTAL: &str = "trackedge_ratelimit_events_total";
+pub const RATELIMIT_EVICTIONS_TOTAL: &str = "trackedge_ratelimit_evictions_total";
+pub const TLS_RELOADS_TOTAL: &str = "trackedge_tls_reloads_total";
 pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
 pub const READY: &str = "trackedge_ready";
 pub const BUILD_INFO: &str = "trackedge_build_info";
@@ -196,6 +199,21 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         DEDUP_EVICTIONS_TOTAL,
         MetricKind::Counter,
         "First-seen entries dropped before their window ended (memory cap).",
+    ),
+    (
+        RATELIMIT_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Events checked by the per-network recording limit, by result (allowed, marked, dropped).",
+    ),
+    (
+        RATELIMIT_EVICTIONS_TOTAL,
+        MetricKind::Counter,
+        "Rate-limit buckets forgotten early because rate_limit.max_prefixes was reached.",
+    ),
+    (
+        TLS_RELOADS_TOTAL,
+        MetricKind::Counter,
+        "TLS certificate reloads, by result (ok, error: the previous certificates stay).",
     ),
     (
         ADMIN_UNAUTHORIZED_TOTAL,

@@ -24,6 +24,7 @@ use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
 use crate::keys::Keys;
 use crate::metrics::RequestMetrics;
 use crate::privacy::Privacy;
+use crate::ratelimit::{Decision, RecordLimiter};
 use crate::spool::EventSender;
 use crate::token::{self, Claims, Kind, TokenError};
 use response::Body;
@@ -36,6 +37,8 @@ pub struct Edge {
     pub enrich: Arc<Enricher>,
     pub metrics: RequestMetrics,
     pub privacy: Privacy,
+    /// Per-network cap on what is recorded (never on what is answered).
+    pub limiter: RecordLimiter,
     pub node: Arc<str>,
     pub max_token_bytes: usize,
     pub max_uri_bytes: usize,
@@ -269,8 +272,10 @@ fn verify(
     })
 }
 
-/// The privacy stage, then the event: built from verified claims and the request's
-/// facts as the privacy policy allows, and queued without waiting.
+/// The privacy stage, enrichment, the per-network recording limit, then the event:
+/// built from verified claims and the request's facts as the privacy policy allows,
+/// and queued without waiting. The limit runs after enrichment because it keys on
+/// the client address the enrich stage resolved from trusted proxy headers.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     let now_secs = hit.now_secs();
     let Ok(marks) = edge.privacy.decide(&claims, hit.headers, now_secs) else {
@@ -278,6 +283,15 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     };
     let kind = claims.kind;
     let enriched = edge.enrich.enrich(hit, &claims);
+    let rate_limited = match edge.limiter.check(
+        enriched.ip,
+        enriched.asn.as_ref().map(|asn| asn.number),
+        hit.at_ms,
+    ) {
+        Decision::Record => false,
+        Decision::Mark => true,
+        Decision::Drop => return,
+    };
     let event = Event {
         v: SCHEMA_VERSION,
         id: edge.ids.next(hit.at_ms),
@@ -301,6 +315,7 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         gpc: marks.gpc,
         head: hit.head,
         self_open: marks.self_open,
+        rate_limited,
         node: edge.node.clone(),
     };
     if edge.events.send(event).is_ok() {

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +25,11 @@ use crate::config::Config;
 use crate::event::IdGenerator;
 use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
+use crate::idle::Idle;
 use crate::keys::{self, KeyFileError, Keys};
 use crate::metrics::{self as m, RequestMetrics};
 use crate::privacy::{Privacy, PrivacyError};
+use crate::ratelimit::RecordLimiter;
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
 use crate::spool::{self, SpoolError};
@@ -34,12 +37,16 @@ use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
-const CONNECTION_ERROR_REASONS: [&str; 5] = [
+const CONNECTION_ERROR_REASONS: [&str; 9] = [
     "accept",
     "tls_handshake",
     "tls_timeout",
     "http",
     "too_many_connections",
+    "header_timeout",
+    "header_too_large",
+    "bad_request",
+    "idle_timeout",
 ];
 
 /// A writer that has not looped for this long is stuck: the edge turns unready.
@@ -107,9 +114,14 @@ pub async fn run(
         &config,
         crate::event::now_ms(),
     )?);
-    let tls = match config.public.tls.is_empty() {
+    tls::register_metrics();
+    let certs = match config.public.tls.is_empty() {
         true => None,
-        false => Some(tls::acceptor(&config.public.tls, config.public.http2)?),
+        false => Some(Arc::new(tls::TlsCerts::load(&config.public.tls)?)),
+    };
+    let tls = match &certs {
+        Some(certs) => Some(tls::acceptor(certs.clone(), config.public.http2)?),
+        None => None,
     };
     let health = Arc::new(Health::new());
     let (events, writer, spool) = spool::start(
@@ -140,6 +152,7 @@ pub async fn run(
         enrich: enricher.clone(),
         metrics: RequestMetrics::register(),
         privacy,
+        limiter: RecordLimiter::new(config.rate_limit.clone(), crate::event::now_ms()),
         node: config.node_id.as_str().into(),
         max_token_bytes: config.public.max_token_bytes,
         max_uri_bytes: config.public.max_uri_bytes,
@@ -171,6 +184,13 @@ pub async fn run(
         background.clone(),
     ));
     tokio::spawn(crate::enrich::watch(enricher, background.clone()));
+    if let Some(certs) = certs {
+        tokio::spawn(tls::watch(
+            certs,
+            config.public.tls_reload_interval,
+            background.clone(),
+        ));
+    }
     tokio::spawn(m::upkeep(prometheus, background));
 
     tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");
@@ -182,7 +202,7 @@ pub async fn run(
         public,
         tls,
         edge,
-        connection_builder(&config),
+        (connection_builder(&config), ConnLimits::of(&config)),
         (&graceful, slots),
         &mut shutdown,
     )
@@ -246,6 +266,7 @@ fn connection_builder(config: &Config) -> Arc<auto::Builder<TokioExecutor>> {
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.public.h2_max_concurrent_streams)
             .max_pending_accept_reset_streams(config.public.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(config.public.h2_max_local_error_reset_streams)
             .max_header_list_size(config.public.max_header_bytes as u32);
     }
     Arc::new(builder)
@@ -255,7 +276,7 @@ async fn accept_public(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     edge: Arc<Edge>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    (builder, limits): (Arc<auto::Builder<TokioExecutor>>, ConnLimits),
     (graceful, slots): (&GracefulShutdown, Arc<tokio::sync::Semaphore>),
     shutdown: &mut Signal,
 ) {
@@ -290,60 +311,137 @@ async fn accept_public(
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             slot,
-            stream,
+            Idle::new(stream, limits.idle_timeout),
             peer,
             tls.clone(),
             edge.clone(),
-            builder.clone(),
+            (builder.clone(), limits),
             graceful.watcher(),
         ));
     }
 }
 
+/// The per-connection time limits that hyper does not enforce by itself.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// No byte moved for this long: the connection is failed (see [`crate::idle`]).
+    idle_timeout: Duration,
+    /// The first request must have arrived by then, counted from accept (or from the
+    /// end of the TLS handshake). hyper's own header timer only starts after the
+    /// auto builder has sniffed the protocol, which a client can drag out a byte at
+    /// a time; this bounds the whole first head.
+    first_request: Duration,
+}
+
+impl ConnLimits {
+    fn of(config: &Config) -> ConnLimits {
+        ConnLimits {
+            idle_timeout: config.public.idle_timeout,
+            first_request: config.public.header_read_timeout,
+        }
+    }
+}
+
+type PublicIo = Idle<TcpStream>;
+
 async fn serve_connection(
     _slot: tokio::sync::OwnedSemaphorePermit,
-    stream: TcpStream,
+    stream: PublicIo,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     edge: Arc<Edge>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    (builder, limits): (Arc<auto::Builder<TokioExecutor>>, ConnLimits),
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let active = metrics::gauge!(m::HTTP_CONNECTIONS_ACTIVE);
     active.increment(1.0);
     let peer_ip = peer.ip();
-    let service = hyper::service::service_fn(move |request| {
-        let edge = edge.clone();
-        async move { Ok::<_, Infallible>(route::handle(&edge, request, peer_ip).await) }
-    });
-    let result = match tls {
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let served = served.clone();
+        hyper::service::service_fn(move |request| {
+            served.store(true, Ordering::Relaxed);
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(route::handle(&edge, request, peer_ip).await) }
+        })
+    };
+    let first_request = async {
+        tokio::time::sleep(limits.first_request).await;
+        if served.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let reason = match tls {
         None => {
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            watcher.watch(connection.into_owned()).await
+            drive(watcher.watch(connection.into_owned()), first_request).await
         }
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    drive(watcher.watch(connection.into_owned()), first_request).await
                 }
                 Ok(Err(err)) => {
-                    metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "tls_handshake")
-                        .increment(1);
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    Ok(())
+                    Some("tls_handshake")
                 }
-                Err(_) => {
-                    metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "tls_timeout")
-                        .increment(1);
-                    Ok(())
-                }
+                Err(_) => Some("tls_timeout"),
             }
         }
     };
-    if let Err(err) = result {
-        metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "http").increment(1);
-        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    if let Some(reason) = reason {
+        metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => reason).increment(1);
     }
     active.decrement(1.0);
+}
+
+/// Serves a connection until it ends or misses its first-request deadline; the
+/// reason label when it ended in an error.
+async fn drive<E>(
+    connection: impl std::future::Future<Output = Result<(), E>>,
+    first_request: impl std::future::Future<Output = ()>,
+) -> Option<&'static str>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::select! {
+        result = connection => match result {
+            Ok(()) => None,
+            Err(err) => {
+                let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                let reason = error_reason(&*err);
+                tracing::debug!(error = %err, reason, "connection ended with an error");
+                Some(reason)
+            }
+        },
+        // Dropping the connection future closes the socket without an answer: a
+        // client this slow gets no 408 it could use to probe the limit.
+        () = first_request => Some("header_timeout"),
+    }
+}
+
+/// The `reason` label for a connection error: what in the chain caused it.
+fn error_reason(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(err) = err.downcast_ref::<hyper::Error>() {
+            if err.is_timeout() {
+                return "header_timeout";
+            }
+            if err.is_parse_too_large() {
+                return "header_too_large";
+            }
+            if err.is_parse() || err.is_parse_status() {
+                return "bad_request";
+            }
+        }
+        if let Some(err) = err.downcast_ref::<std::io::Error>() {
+            if err.kind() == std::io::ErrorKind::TimedOut {
+                return "idle_timeout";
+            }
+        }
+        cause = err.source();
+    }
+    "http"
 }

@@ -645,6 +645,7 @@ mod tests {
             gpc: false,
             head: false,
             self_open: false,
+            rate_limited: false,
             node: "n".into(),
         }
     }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{claims, request, send_on, TestPki, TestServer};
 use http::Version;
 use hyper_util::rt::TokioIo;
@@ -137,4 +139,103 @@ fn a_bad_pem_stops_the_start_with_a_message_naming_the_file() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("broken.pem"), "{stderr}");
+}
+
+/// One certificate for `names`, swapped into `dir/live.{pem,key}` by rename so the
+/// server never reads a half-written file.
+fn install_leaf(pki: &TestPki, dir: &std::path::Path, names: &[&str]) {
+    let staging = tempfile::tempdir_in(dir).unwrap();
+    let (cert, key) = pki.leaf(staging.path(), "live", names);
+    std::fs::rename(key, dir.join("live.key")).unwrap();
+    std::fs::rename(cert, dir.join("live.pem")).unwrap();
+}
+
+fn live_config(dir: &std::path::Path, reload_interval_ms: u64) -> String {
+    format!(
+        "[public]\ntls_reload_interval_ms = {reload_interval_ms}\n\n\
+         [[public.tls]]\ncert_path = {:?}\nkey_path = {:?}\n",
+        dir.join("live.pem").display().to_string(),
+        dir.join("live.key").display().to_string(),
+    )
+}
+
+async fn handshake_ok(server: &TestServer, pki: &TestPki, name: &str) -> bool {
+    let tcp = TcpStream::connect(server.public).await.unwrap();
+    pki.connector(&[b"http/1.1"])
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let pki = TestPki::new();
+    let certs = tempfile::tempdir().unwrap();
+    install_leaf(&pki, certs.path(), &["old.example.test"]);
+    let mut server = TestServer::start(&live_config(certs.path(), 100));
+    assert!(handshake_ok(&server, &pki, "old.example.test").await);
+    assert!(!handshake_ok(&server, &pki, "new.example.test").await);
+    // Held across the reload: an open connection keeps the certificate it got.
+    let held = connect(&server, &pki, "old.example.test", &[b"http/1.1"]).await;
+
+    install_leaf(&pki, certs.path(), &["new.example.test"]);
+    let switched = common::eventually(Duration::from_secs(10), || {
+        handshake_ok(&server, &pki, "new.example.test")
+    })
+    .await;
+    assert!(switched, "the new certificate was never served");
+    assert!(!handshake_ok(&server, &pki, "old.example.test").await);
+    let open = server.path_for(&claims(Kind::Open, "held"));
+    let response = send_on(TokioIo::new(held), Version::HTTP_11, request("GET", &open)).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the connection from before still works"
+    );
+
+    let errors_before = server
+        .metric("trackedge_tls_reloads_total{result=\"error\"}")
+        .await;
+    std::fs::write(
+        certs.path().join("live.pem"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    )
+    .unwrap();
+    let counted = common::eventually(Duration::from_secs(10), || async {
+        server
+            .metric("trackedge_tls_reloads_total{result=\"error\"}")
+            .await
+            > errors_before
+    })
+    .await;
+    assert!(counted, "the broken file was not counted");
+    assert!(
+        handshake_ok(&server, &pki, "new.example.test").await,
+        "a broken file keeps the certificate in force"
+    );
+    assert!(server.terminate().success());
+    assert!(server.stderr().contains("TLS reload failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates() {
+    let pki = TestPki::new();
+    let certs = tempfile::tempdir().unwrap();
+    install_leaf(&pki, certs.path(), &["old.example.test"]);
+    // Polling is too slow to matter here: only the signal reloads.
+    let server = TestServer::start(&live_config(certs.path(), 3_600_000));
+    install_leaf(&pki, certs.path(), &["new.example.test"]);
+    assert!(handshake_ok(&server, &pki, "old.example.test").await);
+    server.signal("HUP");
+    let switched = common::eventually(Duration::from_secs(10), || {
+        handshake_ok(&server, &pki, "new.example.test")
+    })
+    .await;
+    assert!(switched, "SIGHUP did not load the new certificate");
+    assert_eq!(
+        server
+            .metric("trackedge_tls_reloads_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
 }

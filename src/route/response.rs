@@ -1,12 +1,20 @@
 //! Every answer the public listener gives, built from static bytes and static header
 //! values so that building one allocates nothing but the response itself.
+//!
+//! Every answer carries [`tracking_headers`]: a cached pixel or redirect would hide
+//! opens and clicks, so neither the browser nor any CDN in front may store one
+//! (`Cache-Control` for browsers and shared caches, `CDN-Cache-Control` and
+//! `Surrogate-Control` for CDNs that prefer their own header, `Pragma`/`Expires` for
+//! HTTP/1.0 proxies), and `nosniff` keeps a browser from reading a body as anything
+//! but its declared type. hyper adds no `Server` header and neither does this module:
+//! no version banner for scanners.
 
 use bytes::Bytes;
 use http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, EXPIRES, LOCATION, PRAGMA,
     REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
 };
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 pub type Body = Full<Bytes>;
@@ -17,13 +25,19 @@ pub const PIXEL_GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x0
 
 const NO_STORE: HeaderValue =
     HeaderValue::from_static("no-store, no-cache, must-revalidate, private");
+/// The pages have no scripts, styles or images: nothing may load, forms post only
+/// here, and no other site may frame them (clickjacking an opt-out button).
 const HTML_CSP: HeaderValue = HeaderValue::from_static(
-    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 );
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 fn tracking_headers(response: &mut Response<Body>) {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(CDN_CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(SURROGATE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
     headers.insert(EXPIRES, HeaderValue::from_static("0"));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -71,8 +85,7 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(CACHE_CONTROL, NO_STORE);
+    tracking_headers(&mut response);
     response
 }
 
@@ -114,6 +127,26 @@ pub const SENDER_MARKED_PAGE: &str = "<!doctype html><meta charset=utf-8><title>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_answer_forbids_caching_and_sniffing_and_names_no_server() {
+        let location = HeaderValue::from_static("https://shop.example/");
+        for response in [
+            pixel(),
+            redirect(location),
+            html(StatusCode::OK, OPTOUT_PAGE),
+            text(StatusCode::NOT_FOUND, "not found\n"),
+        ] {
+            let headers = response.headers();
+            assert_eq!(headers[CACHE_CONTROL], NO_STORE);
+            assert_eq!(headers[CDN_CACHE_CONTROL], "no-store");
+            assert_eq!(headers[SURROGATE_CONTROL], "no-store");
+            assert_eq!(headers[PRAGMA], "no-cache");
+            assert_eq!(headers[EXPIRES], "0");
+            assert_eq!(headers[X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert!(!headers.contains_key(http::header::SERVER));
+        }
+    }
 
     #[test]
     fn pixel_is_a_43_byte_gif() {
