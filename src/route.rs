@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::ALLOW;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{ALLOW, HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::enrich::Enricher;
 use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
@@ -100,16 +100,19 @@ pub enum HttpError {
     BodyUnreadable,
     NotOneClick,
     UriTooLong,
+    /// An HTTP/1.1 request without `Host` (RFC 9112 section 3.2 asks for a 400).
+    MissingHost,
 }
 
 impl HttpError {
-    pub const ALL: [HttpError; 6] = [
+    pub const ALL: [HttpError; 7] = [
         HttpError::NotFound,
         HttpError::MethodNotAllowed(""),
         HttpError::BodyTooLarge,
         HttpError::BodyUnreadable,
         HttpError::NotOneClick,
         HttpError::UriTooLong,
+        HttpError::MissingHost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +123,7 @@ impl HttpError {
             HttpError::BodyUnreadable => "body_unreadable",
             HttpError::NotOneClick => "not_one_click",
             HttpError::UriTooLong => "uri_too_long",
+            HttpError::MissingHost => "missing_host",
         }
     }
 
@@ -131,6 +135,7 @@ impl HttpError {
             HttpError::BodyUnreadable => 3,
             HttpError::NotOneClick => 4,
             HttpError::UriTooLong => 5,
+            HttpError::MissingHost => 6,
         }
     }
 
@@ -155,6 +160,9 @@ impl HttpError {
                 response::html(StatusCode::BAD_REQUEST, response::BAD_UNSUBSCRIBE_PAGE)
             }
             HttpError::UriTooLong => response::text(StatusCode::URI_TOO_LONG, "uri too long\n"),
+            HttpError::MissingHost => {
+                response::text(StatusCode::BAD_REQUEST, "missing Host header\n")
+            }
         }
     }
 }
@@ -186,9 +194,16 @@ where
     let uri = request.uri();
     let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
-    if uri_len > edge.max_uri_bytes {
-        edge.metrics.refused(HttpError::UriTooLong);
-        let response = HttpError::UriTooLong.respond();
+    let refused = if uri_len > edge.max_uri_bytes {
+        Some(HttpError::UriTooLong)
+    } else if request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST) {
+        Some(HttpError::MissingHost)
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        edge.metrics.refused(error);
+        let response = error.respond();
         edge.metrics
             .answered(RouteName::NotFound, response.status(), started.elapsed());
         return response;

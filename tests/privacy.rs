@@ -143,6 +143,7 @@ async fn an_opted_out_browser_is_answered_but_never_recorded_until_it_opts_in() 
         server.public,
         Version::HTTP_11,
         Request::get("/optout")
+            .header("host", "t.example")
             .header("cookie", cookie)
             .body(Full::new(Bytes::new()))
             .unwrap(),
