@@ -37,7 +37,7 @@ use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
-const CONNECTION_ERROR_REASONS: [&str; 9] = [
+const CONNECTION_ERROR_REASONS: [&str; 10] = [
     "accept",
     "tls_handshake",
     "tls_timeout",
@@ -47,6 +47,7 @@ const CONNECTION_ERROR_REASONS: [&str; 9] = [
     "header_too_large",
     "bad_request",
     "idle_timeout",
+    "h2_flood",
 ];
 
 /// A writer that has not looped for this long is stuck: the edge turns unready.
@@ -434,6 +435,13 @@ fn error_reason(err: &(dyn std::error::Error + 'static)) -> &'static str {
             }
             if err.is_parse() || err.is_parse_status() {
                 return "bad_request";
+            }
+        }
+        if let Some(err) = err.downcast_ref::<h2::Error>() {
+            // What h2 sends when a client resets or errs too many streams
+            // (rapid reset, h2_max_pending_reset_streams and friends).
+            if err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                return "h2_flood";
             }
         }
         if let Some(err) = err.downcast_ref::<std::io::Error>() {

@@ -666,6 +666,12 @@ async fn http2_rapid_reset_is_cut_off_and_a_recipient_is_still_served() {
     );
     let open = get(server.public, &server.path_for(&claims(Kind::Open, "real"))).await;
     assert_eq!(open.status(), 200);
+    assert_eq!(
+        server
+            .metric("trackedge_http_connection_errors_total{reason=\"h2_flood\"}")
+            .await,
+        1.0
+    );
     assert!(server.terminate().success());
     assert_eq!(server.events().len(), 1);
 }
