@@ -24,9 +24,8 @@ pub mod ua;
 pub(crate) mod fixtures;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use http::header::USER_AGENT;
 use metrics::Counter;
@@ -80,23 +79,6 @@ pub struct Enrichment {
     pub first: bool,
 }
 
-/// A file's size and modification time, to notice changes by polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-impl FileStamp {
-    pub fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-        })
-    }
-}
-
 struct StageMetrics {
     origin: [Counter; 2],
     malformed: Counter,
@@ -129,7 +111,6 @@ pub struct Enricher {
     classifier: Classifier,
     dedup: Dedup,
     metrics: StageMetrics,
-    reload_interval: Duration,
 }
 
 impl Enricher {
@@ -171,7 +152,6 @@ impl Enricher {
             ),
             dedup: Dedup::new(config.dedup, now_ms),
             metrics: StageMetrics::register(),
-            reload_interval: config.geoip.reload_interval,
         })
     }
 
@@ -224,48 +204,21 @@ impl Enricher {
         self.city.iter().chain(self.asn.iter())
     }
 
-    /// Re-reads every database whose file changed. Blocking: call off the workers.
-    pub fn reload_changed(&self) {
-        self.databases().for_each(Db::reload_if_changed);
-    }
-
-    /// Re-reads every database (SIGHUP). Blocking: call off the workers.
-    pub fn reload_all(&self) {
-        for db in self.databases() {
-            // Logged and counted inside; the previous reader stays in force.
-            let _ = db.reload();
-        }
+    /// The GeoIP databases to watch for changes, if any are configured.
+    pub fn has_databases(&self) -> bool {
+        self.databases().next().is_some()
     }
 }
 
-/// Reloads the GeoIP databases when their files change and on SIGHUP, on a
-/// blocking thread, until `shutdown` fires.
-pub async fn watch(enricher: Arc<Enricher>, mut shutdown: crate::shutdown::Signal) {
-    if enricher.databases().next().is_none() {
-        return;
+impl crate::reload::Reloadable for Enricher {
+    fn reload_changed(&self) {
+        self.databases().for_each(Db::reload_if_changed);
     }
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; GeoIP reload only by file change");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(enricher.reload_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let all = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-            () = shutdown.recv() => return,
-        };
-        let enricher = enricher.clone();
-        let reload = tokio::task::spawn_blocking(move || match all {
-            true => enricher.reload_all(),
-            false => enricher.reload_changed(),
-        });
-        if let Err(err) = reload.await {
-            tracing::error!(error = %err, "GeoIP reload task failed");
+
+    fn reload_all(&self) {
+        for db in self.databases() {
+            // Logged and counted inside; the previous reader stays in force.
+            let _ = db.reload();
         }
     }
 }

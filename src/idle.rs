@@ -20,25 +20,44 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// The error inside the `io::ErrorKind::TimedOut` an idle connection fails with,
+/// so that callers can tell it from the operating system's own timeouts.
+#[derive(Debug, thiserror::Error)]
+#[error("connection idle for too long")]
+pub struct IdleTimeout;
+
+impl IdleTimeout {
+    /// True when `err` is this wrapper's idle failure.
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+    }
+}
 
 pub struct Idle<S> {
     inner: S,
     timeout: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Counted here, once, because hyper ends a kept-alive HTTP/1 connection whose
+    /// read fails between requests without reporting an error.
+    closed_idle: Counter,
+    fired: bool,
 }
 
 impl<S> Idle<S> {
-    /// The error it fails with is `io::ErrorKind::TimedOut` (the caller counts it).
-    pub fn new(inner: S, timeout: Duration) -> Idle<S> {
+    pub fn new(inner: S, timeout: Duration, closed_idle: Counter) -> Idle<S> {
         let now = Instant::now();
         Idle {
             inner,
             timeout,
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            closed_idle,
+            fired: false,
         }
     }
 
@@ -50,10 +69,11 @@ impl<S> Idle<S> {
             }
             let deadline = self.last_activity + self.timeout;
             if deadline <= Instant::now() {
-                return Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection idle for too long",
-                ));
+                if !self.fired {
+                    self.fired = true;
+                    self.closed_idle.increment(1);
+                }
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout));
             }
             // There was activity since the timer was armed: re-arm lazily and poll
             // again so the new deadline registers this task's waker.
@@ -142,18 +162,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_peer_is_failed_after_the_timeout() {
         let (ours, _theirs) = tokio::io::duplex(64);
-        let mut idle = Idle::new(ours, Duration::from_secs(5));
+        let mut idle = Idle::new(ours, Duration::from_secs(5), Counter::noop());
         let started = Instant::now();
         let mut buf = [0u8; 8];
         let err = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(IdleTimeout::is(&err));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn activity_pushes_the_deadline_back() {
         let (ours, mut theirs) = tokio::io::duplex(64);
-        let mut idle = Idle::new(ours, Duration::from_secs(5));
+        let mut idle = Idle::new(ours, Duration::from_secs(5), Counter::noop());
         let writer = tokio::spawn(async move {
             for _ in 0..4 {
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -176,7 +197,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_is_failed_too() {
         let (ours, _theirs) = tokio::io::duplex(16);
-        let mut idle = Idle::new(ours, Duration::from_secs(5));
+        let mut idle = Idle::new(ours, Duration::from_secs(5), Counter::noop());
         let err = idle.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }

@@ -8,12 +8,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rand::RngCore;
 
 use crate::metrics as m;
+use crate::reload::{FileStamp, LastSeen, Reloadable};
 use crate::token::{Key, KeyRing};
 
 /// Secrets shorter than this are refused: a tag is only as strong as its key.
@@ -144,28 +144,14 @@ fn create(path: &Path) -> Result<(), KeyFileError> {
 pub struct Keys {
     path: PathBuf,
     current: ArcSwap<KeyRing>,
-    last_seen: std::sync::Mutex<Option<FileStamp>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
+    last_seen: LastSeen<Option<FileStamp>>,
 }
 
 impl Keys {
     pub fn open(path: PathBuf, may_create: bool) -> Result<Keys, KeyFileError> {
         let ring = load(&path, may_create)?;
         let keys = Keys {
-            last_seen: std::sync::Mutex::new(stamp(&path)),
+            last_seen: LastSeen::new(FileStamp::of(&path)),
             path,
             current: ArcSwap::from_pointee(ring),
         };
@@ -205,13 +191,8 @@ impl Keys {
 
     /// Reloads when the file's size or modification time changed since last seen.
     pub fn reload_if_changed(&self) {
-        let now = stamp(&self.path);
-        let changed = {
-            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = *last != now;
-            *last = now;
-            changed
-        };
+        let now = FileStamp::of(&self.path);
+        let changed = self.last_seen.changed(now);
         if changed && now.is_some() {
             // An error is logged and counted inside; the old keys keep serving.
             let _ = self.reload();
@@ -232,25 +213,14 @@ impl Keys {
     }
 }
 
-/// Reloads on SIGHUP and whenever the file changes, until `shutdown` fires.
-pub async fn watch(keys: Arc<Keys>, interval: Duration, mut shutdown: crate::shutdown::Signal) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; key reload only by file change");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => keys.reload_if_changed(),
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                let _ = keys.reload();
-            }
-            () = shutdown.recv() => return,
-        }
+impl Reloadable for Keys {
+    fn reload_changed(&self) {
+        self.reload_if_changed();
+    }
+
+    fn reload_all(&self) {
+        // Logged and counted inside; the old keys keep serving.
+        let _ = self.reload();
     }
 }
 

@@ -2,10 +2,13 @@
 //!
 //! # Layout
 //! - [`config`]: TOML -> validated [`config::Config`]; [`shutdown`]: one stop signal.
-//! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`admin`]: metrics and probes.
+//! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`idle`]: the idle limit of
+//!   a connection; [`reload`]: files re-read while running; [`admin`]: metrics and
+//!   probes.
 //! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
 //! - [`enrich`]: client IP, user agent, GeoIP, class, first/duplicate.
-//! - [`privacy`]: what may be stored; [`event`]: the record.
+//! - [`privacy`]: what may be stored; [`ratelimit`]: how much one network may
+//!   record; [`event`]: the record.
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness.
@@ -15,7 +18,8 @@
 //! hyper and handed to [`route::handle`], which matches the route, verifies the token
 //! against the [`keys`] in force ([`token::verify`]), asks [`enrich`] who is behind
 //! it (client address, device, place, human or machine, first or repeat), applies
-//! [`privacy`] to the request's facts, builds an [`event::Event`] and queues it with
+//! [`privacy`] to the request's facts, checks the client network's recording budget
+//! ([`ratelimit`]), builds an [`event::Event`] and queues it with
 //! [`spool::EventSender::send`] (never waiting), then answers a 302 to the signed
 //! target from static parts. The writer thread in [`spool`] commits the event to the
 //! sled log in a group commit; [`forward`] reads it back in order, sends it upstream
@@ -56,6 +60,7 @@ pub mod metrics;
 pub mod privacy;
 pub mod ratelimit;
 pub mod record;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;

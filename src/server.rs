@@ -25,11 +25,12 @@ use crate::config::Config;
 use crate::event::IdGenerator;
 use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
-use crate::idle::Idle;
-use crate::keys::{self, KeyFileError, Keys};
+use crate::idle::{Idle, IdleTimeout};
+use crate::keys::{KeyFileError, Keys};
 use crate::metrics::{self as m, RequestMetrics};
 use crate::privacy::{Privacy, PrivacyError};
 use crate::ratelimit::RecordLimiter;
+use crate::reload;
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
 use crate::spool::{self, SpoolError};
@@ -179,14 +180,23 @@ pub async fn run(
         edge: edge.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, background.clone()));
-    tokio::spawn(keys::watch(
+    tokio::spawn(reload::watch(
+        "signing keys",
         keys,
         config.tokens.reload_interval,
         background.clone(),
     ));
-    tokio::spawn(crate::enrich::watch(enricher, background.clone()));
+    if enricher.has_databases() {
+        tokio::spawn(reload::watch(
+            "GeoIP databases",
+            enricher,
+            config.geoip.reload_interval,
+            background.clone(),
+        ));
+    }
     if let Some(certs) = certs {
-        tokio::spawn(tls::watch(
+        tokio::spawn(reload::watch(
+            "TLS certificates",
             certs,
             config.public.tls_reload_interval,
             background.clone(),
@@ -287,6 +297,8 @@ async fn accept_public(
         // Registered up front so dashboards see a zero rather than no series.
         metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => reason).absolute(0);
     }
+    let closed_idle =
+        metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "idle_timeout");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -312,7 +324,7 @@ async fn accept_public(
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             slot,
-            Idle::new(stream, limits.idle_timeout),
+            Idle::new(stream, limits.idle_timeout, closed_idle.clone()),
             peer,
             tls.clone(),
             edge.clone(),
@@ -385,7 +397,8 @@ async fn serve_connection(
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    Some("tls_handshake")
+                    // An idle stall in the handshake is counted by the wrapper.
+                    (!IdleTimeout::is(&err)).then_some("tls_handshake")
                 }
                 Err(_) => Some("tls_timeout"),
             }
@@ -412,8 +425,8 @@ where
             Err(err) => {
                 let err: Box<dyn std::error::Error + Send + Sync> = err.into();
                 let reason = error_reason(&*err);
-                tracing::debug!(error = %err, reason, "connection ended with an error");
-                Some(reason)
+                tracing::debug!(error = %err, ?reason, "connection ended with an error");
+                reason
             }
         },
         // Dropping the connection future closes the socket without an answer: a
@@ -422,34 +435,35 @@ where
     }
 }
 
-/// The `reason` label for a connection error: what in the chain caused it.
-fn error_reason(err: &(dyn std::error::Error + 'static)) -> &'static str {
+/// The `reason` label for a connection error: what in the chain caused it. `None`
+/// for an idle close, which the [`Idle`] wrapper counted already.
+fn error_reason(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut cause = Some(err);
     while let Some(err) = cause {
         if let Some(err) = err.downcast_ref::<hyper::Error>() {
             if err.is_timeout() {
-                return "header_timeout";
+                return Some("header_timeout");
             }
             if err.is_parse_too_large() {
-                return "header_too_large";
+                return Some("header_too_large");
             }
             if err.is_parse() || err.is_parse_status() {
-                return "bad_request";
+                return Some("bad_request");
             }
         }
         if let Some(err) = err.downcast_ref::<h2::Error>() {
             // What h2 sends when a client resets or errs too many streams
             // (rapid reset, h2_max_pending_reset_streams and friends).
             if err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
-                return "h2_flood";
+                return Some("h2_flood");
             }
         }
         if let Some(err) = err.downcast_ref::<std::io::Error>() {
-            if err.kind() == std::io::ErrorKind::TimedOut {
-                return "idle_timeout";
+            if IdleTimeout::is(err) {
+                return None;
             }
         }
         cause = err.source();
     }
-    "http"
+    Some("http")
 }

@@ -7,7 +7,7 @@
 //! label). A PEM that cannot be read, or a key that does not match its certificate,
 //! stops the start with a message naming the file.
 //!
-//! Reload: [`watch`] re-reads every certificate and key when one of the files
+//! Reload: [`crate::reload::watch`] re-reads every certificate and key when one of the files
 //! changes (size or modification time, polled every `public.tls_reload_interval_ms`)
 //! and on SIGHUP. The whole SNI table is built first and swapped in at once
 //! (`arc-swap`), so a handshake sees either the old set or the new one, never a
@@ -17,8 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -30,8 +29,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsCertConfig;
-use crate::enrich::FileStamp;
 use crate::metrics as m;
+use crate::reload::{FileStamp, LastSeen, Reloadable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -49,7 +48,7 @@ pub struct TlsCerts {
     provider: Arc<CryptoProvider>,
     current: ArcSwap<SniTable>,
     /// Stamps of every cert and key file, in `configs` order, as last seen.
-    last_seen: Mutex<Vec<Option<FileStamp>>>,
+    last_seen: LastSeen<Vec<Option<FileStamp>>>,
 }
 
 impl TlsCerts {
@@ -58,7 +57,7 @@ impl TlsCerts {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let table = SniTable::load(configs, &provider)?;
         Ok(TlsCerts {
-            last_seen: Mutex::new(stamps(configs)),
+            last_seen: LastSeen::new(stamps(configs)),
             configs: configs.to_vec(),
             provider,
             current: ArcSwap::from_pointee(table),
@@ -87,13 +86,7 @@ impl TlsCerts {
 
     /// Reloads when any cert or key file changed since last seen.
     pub fn reload_if_changed(&self) {
-        let now = stamps(&self.configs);
-        let changed = {
-            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = *last != now;
-            *last = now;
-            changed
-        };
+        let changed = self.last_seen.changed(stamps(&self.configs));
         if changed {
             // Logged and counted inside; a half-written pair fails now and loads
             // on the next change.
@@ -137,30 +130,14 @@ pub fn acceptor(certs: Arc<TlsCerts>, http2: bool) -> Result<TlsAcceptor, TlsErr
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Reloads on SIGHUP and whenever a file changes, until `shutdown` fires.
-pub async fn watch(
-    certs: Arc<TlsCerts>,
-    interval: Duration,
-    mut shutdown: crate::shutdown::Signal,
-) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; TLS reload only by file change");
-            None
-        }
-    };
-    // The first check is one interval after start: the files were just read.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => certs.reload_if_changed(),
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                let _ = certs.reload();
-            }
-            () = shutdown.recv() => return,
-        }
+impl Reloadable for TlsCerts {
+    fn reload_changed(&self) {
+        self.reload_if_changed();
+    }
+
+    fn reload_all(&self) {
+        // Logged and counted inside; the previous certificates stay in force.
+        let _ = self.reload();
     }
 }
 

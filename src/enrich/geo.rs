@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use maxminddb::{MaxMindDbError, Reader};
@@ -22,8 +22,8 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::twogen::TwoGen;
-use super::FileStamp;
 use crate::metrics as m;
+use crate::reload::{FileStamp, LastSeen};
 
 /// Larger files are refused: the whole file is held in memory.
 pub const MAX_DB_BYTES: u64 = 1 << 30;
@@ -199,7 +199,7 @@ pub struct Db {
     kind: DbKind,
     path: PathBuf,
     loaded: ArcSwap<Loaded>,
-    last_seen: Mutex<Option<FileStamp>>,
+    last_seen: LastSeen<Option<FileStamp>>,
     found: Counter,
     not_found: Counter,
     errors: Counter,
@@ -250,7 +250,7 @@ impl Db {
             kind,
             path,
             loaded: ArcSwap::from_pointee(Loaded::new(reader)),
-            last_seen: Mutex::new(stamp),
+            last_seen: LastSeen::new(stamp),
             found: lookups("found"),
             not_found: lookups("not_found"),
             errors: lookups("error"),
@@ -294,12 +294,7 @@ impl Db {
     /// Reloads when the file's size or modification time changed since last seen.
     pub fn reload_if_changed(&self) {
         let now = FileStamp::of(&self.path);
-        let changed = {
-            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = *last != now;
-            *last = now;
-            changed
-        };
+        let changed = self.last_seen.changed(now);
         if changed && now.is_some() {
             // Logged and counted inside; the old reader keeps serving.
             let _ = self.reload();
