@@ -7,7 +7,7 @@
 //! user-agent half of classification) -> [`geo`] (City and ASN databases) ->
 //! [`dedup`] (first/duplicate, bursts) -> [`classify`]. Invariants: everything is in
 //! memory, nothing waits on disk or a lock held across I/O (databases are swapped in
-//! by [`watch`] from a blocking thread); the full client address leaves this stage
+//! by [`crate::reload::watch`] from a blocking thread); the full client address leaves this stage
 //! only inside the `Enrichment`, and `route` writes just its truncated form.
 
 pub mod cidr;
