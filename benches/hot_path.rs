@@ -147,6 +147,19 @@ fn hot_path(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // The recording limit alone: 10k client networks in turn, the shape of real
+    // traffic (one bucket lookup and update per recorded event).
+    let limiter = trackedge::ratelimit::RecordLimiter::new(config.rate_limit.clone(), 0);
+    let networks: Vec<IpAddr> = (0..10_000u32)
+        .map(|n| IpAddr::from((0x0a00_0000u32 + (n << 8)).to_be_bytes()))
+        .collect();
+    let mut next = 0usize;
+    c.bench_function("ratelimit/check", |b| {
+        b.iter(|| {
+            next = (next + 1) % networks.len();
+            limiter.check(networks[next], None, 1_000)
+        })
+    });
     drop(edge);
     tokio::runtime::Builder::new_current_thread()
         .build()
