@@ -39,9 +39,11 @@ pub struct Mix {
 }
 
 impl Mix {
-    /// Connections the attack holds open at once (at most, roughly).
+    /// Connections the attack holds open at once (at most, roughly): the holders,
+    /// two flood lanes, the junk lane, the rapid-reset client, and one each for the
+    /// garbage and oversized-head senders.
     pub fn held_connections(&self) -> u32 {
-        self.slowloris + self.idle_tcp + self.idle_h2 + 2 + 1 + 2
+        self.slowloris + self.idle_tcp + self.idle_h2 + 2 + 1 + 1 + 2
     }
 }
 
