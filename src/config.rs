@@ -87,6 +87,7 @@ pub struct RawPublic {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    pub max_connections_per_peer: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
     pub h2_max_local_error_reset_streams: usize,
@@ -407,6 +408,7 @@ impl Default for RawPublic {
             max_header_bytes: 16_384,
             max_headers: 100,
             max_connections: 10_000,
+            max_connections_per_peer: 0,
             h2_max_concurrent_streams: 100,
             h2_max_pending_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
@@ -617,6 +619,8 @@ pub struct PublicConfig {
     pub max_headers: usize,
     /// Connections past this are closed at once.
     pub max_connections: usize,
+    /// Connections one peer (IPv4 address, IPv6 /64) may hold; 0 = no such cap.
+    pub max_connections_per_peer: usize,
     pub h2_max_concurrent_streams: u32,
     /// Reset-flood protection (HTTP/2 rapid reset).
     pub h2_max_pending_reset_streams: usize,
@@ -1095,6 +1099,7 @@ fn validate_public(raw: RawPublic) -> Result<PublicConfig, ConfigError> {
         max_header_bytes: raw.max_header_bytes,
         max_headers: raw.max_headers,
         max_connections: raw.max_connections,
+        max_connections_per_peer: raw.max_connections_per_peer,
         h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
         h2_max_pending_reset_streams: raw.h2_max_pending_reset_streams,
         h2_max_local_error_reset_streams: raw.h2_max_local_error_reset_streams,

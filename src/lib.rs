@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: TOML -> validated [`config::Config`]; [`shutdown`]: one stop signal.
-//! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`idle`]: the idle limit of
-//!   a connection; [`reload`]: files re-read while running; [`admin`]: metrics and
+//! - [`server`]: listeners (plain or [`tls`]), lifecycle; [`slots`]: connection caps;
+//!   [`idle`]: the idle limit of a connection; [`reload`]: files re-read while running; [`admin`]: metrics and
 //!   probes.
 //! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
 //! - [`enrich`]: client IP, user agent, GeoIP, class, first/duplicate.
@@ -64,6 +64,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod slots;
 pub mod spool;
 pub mod store;
 pub mod subjects;

@@ -33,17 +33,19 @@ use crate::ratelimit::RecordLimiter;
 use crate::reload;
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
+use crate::slots::{Slot, Slots};
 use crate::spool::{self, SpoolError};
 use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
-const CONNECTION_ERROR_REASONS: [&str; 10] = [
+const CONNECTION_ERROR_REASONS: [&str; 11] = [
     "accept",
     "tls_handshake",
     "tls_timeout",
     "http",
     "too_many_connections",
+    "too_many_connections_per_peer",
     "header_timeout",
     "header_too_large",
     "bad_request",
@@ -208,7 +210,10 @@ pub async fn run(
     on_listening(bound);
 
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.public.max_connections));
+    let slots = Slots::new(
+        config.public.max_connections,
+        config.public.max_connections_per_peer,
+    );
     accept_public(
         public,
         tls,
@@ -288,7 +293,7 @@ async fn accept_public(
     tls: Option<TlsAcceptor>,
     edge: Arc<Edge>,
     (builder, limits): (Arc<auto::Builder<TokioExecutor>>, ConnLimits),
-    (graceful, slots): (&GracefulShutdown, Arc<tokio::sync::Semaphore>),
+    (graceful, slots): (&GracefulShutdown, Arc<Slots>),
     shutdown: &mut Signal,
 ) {
     let accepted_total = metrics::counter!(m::HTTP_CONNECTIONS_TOTAL);
@@ -314,12 +319,15 @@ async fn accept_public(
             () = shutdown.recv() => return,
         };
         accepted_total.increment(1);
-        // Past the cap a connection is closed at once: cheap, and the client knows.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => "too_many_connections")
-                .increment(1);
-            drop(stream);
-            continue;
+        // Past a cap a connection is closed at once: cheap, and the client knows.
+        let slot = match slots.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => refused.as_str())
+                    .increment(1);
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
@@ -358,7 +366,7 @@ impl ConnLimits {
 type PublicIo = Idle<TcpStream>;
 
 async fn serve_connection(
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Slot,
     stream: PublicIo,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,

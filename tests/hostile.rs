@@ -682,3 +682,44 @@ async fn http2_rapid_reset_is_cut_off_and_a_recipient_is_still_served() {
     assert!(server.terminate().success());
     assert_eq!(server.events().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_every_connection_slot() {
+    let server = TestServer::start("[public]\nmax_connections_per_peer = 2\n");
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(server.public).await.unwrap(),
+        TcpStream::connect(server.public).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(server.public).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(5)).await,
+        "the peer's third connection was kept"
+    );
+    // Another peer (all of 127/8 is this host) still gets in.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other = socket.connect(server.public).await.unwrap();
+    let response = common::send_on(
+        hyper_util::rt::TokioIo::new(other),
+        http::Version::HTTP_11,
+        common::request("GET", "/healthz"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        server
+            .metric(
+                "trackedge_http_connection_errors_total{reason=\"too_many_connections_per_peer\"}"
+            )
+            .await,
+        1.0
+    );
+    drop(held);
+    let back = common::eventually(Duration::from_secs(5), || async {
+        server.metric("trackedge_http_connections_active").await == 0.0
+    })
+    .await;
+    assert!(back);
+    assert_eq!(get(server.public, "/healthz").await.status(), 200);
+}
