@@ -93,7 +93,11 @@ impl<K: Hash + Eq, V: Clone> TwoGen<K, V> {
     }
 
     /// Read-modify-write under the key's shard lock: `f` sees the value from either
-    /// generation and returns the value to store and what to hand back.
+    /// generation and returns the value to store and what to hand back. Not exact
+    /// across a rotation: a writer still holding the old pair can update the entry
+    /// another writer is copying forward, and one of the two writes is lost. The
+    /// rate limiter can then let through one event more per such race; that is the
+    /// price of never locking the whole map.
     pub fn update<R>(&self, key: K, f: impl FnOnce(Option<&V>) -> (V, R)) -> R {
         let generations = self.generations.load();
         let result = match generations.current.entry(key) {
