@@ -120,13 +120,26 @@ async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBod
             );
             response
         }
-        (["admin", "spool"], &Method::GET | &Method::HEAD) => json(
-            StatusCode::OK,
-            &SpoolReport {
-                spool: admin.spool.snapshot(),
-                sink: admin.forward.status(),
-            },
-        ),
+        (["admin", "spool"], &Method::GET | &Method::HEAD) => {
+            // The snapshot reads sled and walks its files: off the async workers.
+            let spool = admin.spool.clone();
+            match tokio::task::spawn_blocking(move || spool.snapshot()).await {
+                Ok(snapshot) => json(
+                    StatusCode::OK,
+                    &SpoolReport {
+                        spool: snapshot,
+                        sink: admin.forward.status(),
+                    },
+                ),
+                Err(err) => {
+                    tracing::error!(error = %err, "spool snapshot task failed");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "spool snapshot failed\n".into(),
+                    )
+                }
+            }
+        }
         (["admin", "suppressions", tenant, recipient], _) => {
             match (decode(tenant), decode(recipient)) {
                 (Some(tenant), Some(recipient)) => {
