@@ -126,6 +126,9 @@ impl<T> UaCache<T> {
         let ua = cut(raw, self.max_bytes);
         if let Some(found) = self.entries.get(&*ua, |key: &str| Arc::from(key)) {
             self.hits.increment(1);
+            // A hit in the previous generation copies the entry forward, which fills
+            // the current one just as an insert does.
+            self.rotate();
             return found;
         }
         self.misses.increment(1);
@@ -135,10 +138,14 @@ impl<T> UaCache<T> {
             ua: ua.clone(),
         });
         self.entries.insert(ua, parsed.clone());
+        self.rotate();
+        parsed
+    }
+
+    fn rotate(&self) {
         if let Some(rotated) = self.entries.maybe_rotate(0) {
             self.evictions.increment(rotated.dropped as u64);
         }
-        parsed
     }
 
     pub fn len(&self) -> usize {
@@ -184,6 +191,33 @@ mod tests {
             cache.get(format!("agent {n}").as_bytes(), parse);
         }
         assert!(cache.len() <= 66, "{}", cache.len());
+    }
+
+    #[test]
+    fn hits_that_copy_entries_forward_keep_the_cache_within_its_size() {
+        // The fuzz input (ua_cache, minimized from crash-ad897614): agents a, b, c, a,
+        // b in a cache of 4 held 5, the hits on a and b having copied them forward
+        // into a generation that only a miss would rotate.
+        let cache: UaCache<()> = UaCache::new(4, 9);
+        for raw in [
+            &b"\xff\xff\xff"[..],
+            b"curl/8.",
+            b"",
+            b"\xff\xff\xff",
+            b"curl/8.",
+        ] {
+            cache.get(raw, |_| ());
+            assert!(cache.len() <= 4, "{} entries", cache.len());
+        }
+        // A growing working set that is hit again and again: without rotations on
+        // hits, every agent stayed.
+        let cache: UaCache<()> = UaCache::new(64, 512);
+        for n in 0..500 {
+            for m in 0..=n {
+                cache.get(format!("agent {m}").as_bytes(), |_| ());
+            }
+            assert!(cache.len() <= 64, "{} entries after {n}", cache.len());
+        }
     }
 
     #[test]
