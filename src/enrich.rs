@@ -65,6 +65,18 @@ pub struct UaFacts {
     pub matched: UaMatch,
 }
 
+impl UaFacts {
+    /// What the cache stores for one (already cut) agent string.
+    pub fn derive(classifier: &Classifier, ua: &str) -> UaFacts {
+        let client = ua::parse(ua);
+        let matched = classifier.match_user_agent(ua, client.is_crawler());
+        UaFacts {
+            client: (client != Client::default()).then(|| Arc::new(client)),
+            matched,
+        }
+    }
+}
+
 /// The result of the stage for one hit.
 #[derive(Debug, Clone)]
 pub struct Enrichment {
@@ -163,14 +175,8 @@ impl Enricher {
         }
         let ip = resolved.ip;
         let parsed = hit.headers.get(USER_AGENT).map(|raw| {
-            self.ua.get(raw.as_bytes(), |ua| {
-                let client = ua::parse(ua);
-                let matched = self.classifier.match_user_agent(ua, client.is_crawler());
-                UaFacts {
-                    client: (client != Client::default()).then(|| Arc::new(client)),
-                    matched,
-                }
-            })
+            self.ua
+                .get(raw.as_bytes(), |ua| UaFacts::derive(&self.classifier, ua))
         });
         let geo = self.city.as_ref().and_then(|db| db.city(ip));
         let asn = self.asn.as_ref().and_then(|db| db.asn(ip));

@@ -53,6 +53,8 @@ pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod idle;
 pub mod keys;

@@ -164,7 +164,10 @@ pub fn decode(bytes: &[u8]) -> Result<Segment<'_>, RecordError> {
 impl<'a> Segment<'a> {
     /// Every record, or the first error; the count must match the header.
     pub fn records(&self) -> Result<Vec<RecordRef<'a>>, RecordError> {
-        let mut records = Vec::with_capacity(self.count as usize);
+        // The count comes from storage and may be damaged: reserve no more records
+        // than the body has room for, or a bad header asks for gigabytes.
+        let room = self.body.len() / RECORD_HEADER_LEN;
+        let mut records = Vec::with_capacity((self.count as usize).min(room));
         let mut rest = self.body;
         while !rest.is_empty() {
             if rest.len() < RECORD_HEADER_LEN {
@@ -287,5 +290,25 @@ mod tests {
             Err(RecordError::UnsupportedVersion(9))
         ));
         assert_eq!(count_of(&version), 0);
+    }
+
+    #[test]
+    fn a_damaged_count_does_not_reserve_memory_for_it() {
+        // The header of the fuzz input that made `records` ask for 7.5 GB
+        // (segment_decode, oom-39b23498), and the largest count there is: before the
+        // fix, the second aborted the process with a failed allocation.
+        for count in [[0x12, 0x94, 0x6f, 0x5f], [0xff; 4]] {
+            let mut bytes = vec![SEGMENT_VERSION];
+            bytes.extend_from_slice(&count);
+            bytes.extend_from_slice(b"si35650917,\"kind");
+            let segment = decode(&bytes).unwrap();
+            assert_eq!(
+                segment.records(),
+                Err(RecordError::CountMismatch {
+                    said: u32::from_be_bytes(count),
+                    found: 0
+                })
+            );
+        }
     }
 }

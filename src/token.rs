@@ -326,11 +326,18 @@ pub fn sign(key: &Key, claims: &Claims) -> Result<String, SignError> {
     for text in [&claims.recipient, &claims.target].into_iter().flatten() {
         put_bytes(&mut bytes, text.as_bytes());
     }
+    Ok(seal(key, bytes))
+}
+
+/// Appends the tag over `payload` and encodes the token. Crate-visible so the fuzz
+/// checks can sign arbitrary payloads: without a valid tag no input gets past the
+/// signature check to the field parser.
+pub(crate) fn seal(key: &Key, mut payload: Vec<u8>) -> String {
     let mut mac = key.mac.clone();
-    mac.update(&bytes);
+    mac.update(&payload);
     let tag = mac.finalize().into_bytes();
-    bytes.extend_from_slice(&tag[..TAG_LEN]);
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    payload.extend_from_slice(&tag[..TAG_LEN]);
+    URL_SAFE_NO_PAD.encode(payload)
 }
 
 /// Signs with the ring's signing key and returns the full URL under `base_url`.
@@ -411,6 +418,20 @@ fn parse_signed(signed: &[u8]) -> Option<Claims> {
         .map_or(Some(None), |v| v.map(Some))?;
     if !reader.0.is_empty() {
         return None;
+    }
+    // The signing rule again, as for targets: what verifies can be signed again, and
+    // no id brings a control character (NUL separates suppression keys) or more than
+    // the documented length into events, cookies and keys.
+    let ids = [
+        ("tenant", &tenant),
+        ("campaign", &campaign),
+        ("message", &message),
+    ];
+    for (field, id) in ids
+        .into_iter()
+        .chain(recipient.as_ref().map(|r| ("recipient", r)))
+    {
+        check_id(field, id).ok()?;
     }
     Some(Claims {
         kind,
@@ -578,6 +599,41 @@ mod tests {
             ),
             TokenError::UnsupportedVersion
         );
+    }
+
+    #[test]
+    fn ids_that_could_not_be_signed_are_refused_even_under_a_valid_tag() {
+        // The payload of the fuzz input (token_verify, crash-b3d6f4e5) that verified
+        // with a control character in its tenant, then could not be signed again.
+        let payload = b"\x01\x01\x02\x0f\x04acm\x1a\x06spring\x06msg-42\x03\x80\xa8\xd6\xb9\x07\
+            \xc0\x8d\xf6\xd7\x06\x03r-9\x28https://shop.example/spring?utm=mail#t/p";
+        let key = Key::new(1, b"0123456789abcdef0123456789abcdef");
+        let ring = KeyRing::new(vec![key.clone()]).unwrap();
+        let token = seal(&key, payload.to_vec());
+        assert_eq!(
+            verify(&ring, &token, Kind::Click, 0, 4096),
+            Err(TokenError::BadPayload)
+        );
+        // Each id, empty, too long or with a control character, under a valid tag.
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        for (index, bad) in ["", long.as_str(), "a\0b"].into_iter().enumerate() {
+            for field in 0..4 {
+                let mut ids = ["acme", "spring", "m-1", "r-9"];
+                ids[field] = bad;
+                let mut payload = vec![VERSION, 1, Kind::Open.to_byte(), FLAG_RECIPIENT];
+                for id in &ids[..3] {
+                    put_bytes(&mut payload, id.as_bytes());
+                }
+                put_varint(&mut payload, 0);
+                put_bytes(&mut payload, ids[3].as_bytes());
+                let token = seal(&key, payload);
+                assert_eq!(
+                    verify(&ring, &token, Kind::Open, 0, 4096),
+                    Err(TokenError::BadPayload),
+                    "bad id {index} as field {field}"
+                );
+            }
+        }
     }
 
     #[test]

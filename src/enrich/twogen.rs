@@ -63,7 +63,8 @@ impl<K: Hash + Eq, V: Clone> TwoGen<K, V> {
         }
     }
 
-    /// The value for `key`, copying it forward from the previous generation.
+    /// The value for `key`, copying it forward from the previous generation. A copy
+    /// fills the current generation like an insert: call `maybe_rotate` after both.
     pub fn get<Q>(&self, key: &Q, to_owned: impl FnOnce(&Q) -> K) -> Option<V>
     where
         K: Borrow<Q>,

@@ -10,6 +10,7 @@
 //! parser nor the cache ever sees more; the cache holds at most `cache_entries`
 //! strings ([`TwoGen`]) and counts hits, misses and evictions.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -65,9 +66,26 @@ pub fn parse(ua: &str) -> Client {
     }
 }
 
-/// At most `max` bytes of `raw`; a character split by the cut becomes U+FFFD.
-pub fn cut(raw: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(&raw[..raw.len().min(max)])
+/// At most `max` bytes of `raw` as text, cut on a character boundary, each invalid
+/// UTF-8 sequence replaced by U+FFFD. A replacement takes three bytes where the
+/// invalid one took one, so the text is cut back to `max` after replacing.
+pub fn cut(raw: &[u8], max: usize) -> Cow<'_, str> {
+    let head = &raw[..raw.len().min(max)];
+    let valid = match std::str::from_utf8(head) {
+        Ok(text) => return Cow::Borrowed(text),
+        // Only the last character is incomplete: the cut split it.
+        Err(err) if err.error_len().is_none() => err.valid_up_to(),
+        Err(_) => head.len(),
+    };
+    let mut text = String::from_utf8_lossy(&head[..valid]);
+    if text.len() > max {
+        let end = (0..=max)
+            .rev()
+            .find(|end| text.is_char_boundary(*end))
+            .unwrap_or(0);
+        text.to_mut().truncate(end);
+    }
+    text
 }
 
 /// One cached agent: the cut string (shared with every event that carries it) and
@@ -108,6 +126,9 @@ impl<T> UaCache<T> {
         let ua = cut(raw, self.max_bytes);
         if let Some(found) = self.entries.get(&*ua, |key: &str| Arc::from(key)) {
             self.hits.increment(1);
+            // A hit in the previous generation copies the entry forward, which fills
+            // the current one just as an insert does.
+            self.rotate();
             return found;
         }
         self.misses.increment(1);
@@ -117,10 +138,14 @@ impl<T> UaCache<T> {
             ua: ua.clone(),
         });
         self.entries.insert(ua, parsed.clone());
+        self.rotate();
+        parsed
+    }
+
+    fn rotate(&self) {
         if let Some(rotated) = self.entries.maybe_rotate(0) {
             self.evictions.increment(rotated.dropped as u64);
         }
-        parsed
     }
 
     pub fn len(&self) -> usize {
@@ -169,6 +194,33 @@ mod tests {
     }
 
     #[test]
+    fn hits_that_copy_entries_forward_keep_the_cache_within_its_size() {
+        // The fuzz input (ua_cache, minimized from crash-ad897614): agents a, b, c, a,
+        // b in a cache of 4 held 5, the hits on a and b having copied them forward
+        // into a generation that only a miss would rotate.
+        let cache: UaCache<()> = UaCache::new(4, 9);
+        for raw in [
+            &b"\xff\xff\xff"[..],
+            b"curl/8.",
+            b"",
+            b"\xff\xff\xff",
+            b"curl/8.",
+        ] {
+            cache.get(raw, |_| ());
+            assert!(cache.len() <= 4, "{} entries", cache.len());
+        }
+        // A growing working set that is hit again and again: without rotations on
+        // hits, every agent stayed.
+        let cache: UaCache<()> = UaCache::new(64, 512);
+        for n in 0..500 {
+            for m in 0..=n {
+                cache.get(format!("agent {m}").as_bytes(), |_| ());
+            }
+            assert!(cache.len() <= 64, "{} entries after {n}", cache.len());
+        }
+    }
+
+    #[test]
     fn oversized_agents_are_cut_before_parsing_and_caching() {
         let cache: UaCache<usize> = UaCache::new(64, 512);
         let huge = vec![b'a'; 64 * 1024];
@@ -177,6 +229,24 @@ mod tests {
         assert_eq!(parsed.ua.len(), 512);
         let multi = format!("a{}", "é".repeat(1000));
         let parsed = cache.get(multi.as_bytes(), |s| s.len());
-        assert!(parsed.ua.len() <= 514 && parsed.ua.ends_with('\u{fffd}'));
+        assert_eq!(parsed.ua.len(), 511, "cut before the split character");
+        assert!(parsed.ua.ends_with('é'));
+    }
+
+    #[test]
+    fn invalid_bytes_are_replaced_without_passing_the_limit() {
+        // The start of the fuzz input (ua_cache, crash-0c7ead20) whose cut came out
+        // as "Mozil\u{fffd}a/5": 11 bytes for a limit of 9.
+        let raw = b"Mozil\xffa/5.0 (iPhone; CPU iPione OS 17_k 5lke Mac OS X)";
+        assert_eq!(cut(raw, 9), "Mozil\u{fffd}a");
+        // Every byte invalid: three bytes of text for each, cut back to the limit.
+        let raw = [0xff; 512];
+        let text = cut(&raw, 512);
+        assert_eq!(text.len(), 510);
+        assert!(text.chars().all(|c| c == '\u{fffd}'));
+        // Valid text is borrowed, cut on a character boundary.
+        assert!(matches!(cut("añb".as_bytes(), 2), Cow::Borrowed("a")));
+        assert_eq!(cut(b"", 9), "");
+        assert_eq!(cut("😀".as_bytes(), 3), "");
     }
 }
