@@ -17,10 +17,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use http_body_util::Full;
 use trackedge::config::{Durability, FullPolicy, SpoolConfig};
-use trackedge::event::IdGenerator;
 use trackedge::health::Health;
 use trackedge::keys::Keys;
-use trackedge::metrics::RequestMetrics;
 use trackedge::route::{self, Edge};
 use trackedge::{Claims, Kind};
 
@@ -85,21 +83,13 @@ fn hot_path(c: &mut Criterion) {
     )
     .expect("privacy");
     let config = trackedge::config::Config::from_toml_str("", &Default::default()).expect("config");
-    let edge = Edge {
+    let edge = Edge::new(
+        &config,
         keys,
         events,
-        ids: IdGenerator::new(),
-        enrich: Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
-        metrics: RequestMetrics::register(),
+        Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
         privacy,
-        limiter: trackedge::ratelimit::RecordLimiter::new(config.rate_limit.clone(), 0),
-        node: "bench".into(),
-        max_token_bytes: 4096,
-        max_uri_bytes: 8192,
-        max_body_bytes: 4096,
-        body_timeout: Duration::from_secs(10),
-        click_fallback: None,
-    };
+    );
     let open_token = trackedge::sign(ring.signing_key(), &claims(Kind::Open)).expect("sign");
     let click_token = trackedge::sign(ring.signing_key(), &claims(Kind::Click)).expect("sign");
     let peer: IpAddr = "203.0.113.77".parse().expect("ip");

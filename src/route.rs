@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use http::header::{ALLOW, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 
+use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
 use crate::keys::Keys;
@@ -46,6 +47,40 @@ pub struct Edge {
     pub body_timeout: Duration,
     /// Where bad click tokens go instead of the 404 page; checked at config time.
     pub click_fallback: Option<HeaderValue>,
+}
+
+impl Edge {
+    /// The request path's state: its limits, fallback and node id from `config`, and
+    /// the stages the caller started (the server, or a bench or test without one).
+    pub fn new(
+        config: &Config,
+        keys: Arc<Keys>,
+        events: EventSender,
+        enrich: Arc<Enricher>,
+        privacy: Privacy,
+    ) -> Edge {
+        let public = &config.public;
+        Edge {
+            keys,
+            events,
+            ids: IdGenerator::new(),
+            enrich,
+            metrics: RequestMetrics::register(),
+            privacy,
+            limiter: RecordLimiter::new(config.rate_limit.clone(), now_ms()),
+            node: config.node_id.as_str().into(),
+            max_token_bytes: public.max_token_bytes,
+            max_uri_bytes: public.max_uri_bytes,
+            max_body_bytes: public.max_body_bytes,
+            body_timeout: public.header_read_timeout,
+            click_fallback: public
+                .click_fallback_url
+                .as_deref()
+                .map(HeaderValue::from_str)
+                .transpose()
+                .expect("config validation admits only visible-ASCII fallback URLs"),
+        }
+    }
 }
 
 /// The routes of the public listener; `as_str` is the metric label.

@@ -22,14 +22,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::event::IdGenerator;
 use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
 use crate::idle::{Idle, IdleTimeout};
 use crate::keys::{KeyFileError, Keys};
-use crate::metrics::{self as m, RequestMetrics};
+use crate::metrics as m;
 use crate::privacy::{Privacy, PrivacyError};
-use crate::ratelimit::RecordLimiter;
 use crate::reload;
 use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
@@ -149,27 +147,13 @@ pub async fn run(
 
     let suppressions = Suppressions::load(spool.store.clone()).map_err(ServeError::Suppressions)?;
     let privacy = Privacy::new(&config.privacy, &config.data_dir, suppressions)?;
-    let edge = Arc::new(Edge {
-        keys: keys.clone(),
+    let edge = Arc::new(Edge::new(
+        &config,
+        keys.clone(),
         events,
-        ids: IdGenerator::new(),
-        enrich: enricher.clone(),
-        metrics: RequestMetrics::register(),
+        enricher.clone(),
         privacy,
-        limiter: RecordLimiter::new(config.rate_limit.clone(), crate::event::now_ms()),
-        node: config.node_id.as_str().into(),
-        max_token_bytes: config.public.max_token_bytes,
-        max_uri_bytes: config.public.max_uri_bytes,
-        max_body_bytes: config.public.max_body_bytes,
-        body_timeout: config.public.header_read_timeout,
-        click_fallback: config
-            .public
-            .click_fallback_url
-            .as_deref()
-            .map(http::HeaderValue::from_str)
-            .transpose()
-            .expect("config validation admits only visible-ASCII fallback URLs"),
-    });
+    ));
 
     // Admin and background tasks outlive the public drain so metrics stay scrapeable.
     let (stop_background, background) = shutdown::channel();

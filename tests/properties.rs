@@ -19,15 +19,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::LOCATION;
-use http::{HeaderValue, Method, Request};
+use http::{Method, Request};
 use http_body_util::Full;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use trackedge::config::{Config, Overrides};
-use trackedge::event::IdGenerator;
 use trackedge::health::Health;
 use trackedge::keys::Keys;
-use trackedge::metrics::RequestMetrics;
 use trackedge::route::{self, Edge};
 use trackedge::spool::Writer;
 use trackedge::token::{check_target, MAX_ID_BYTES, MAX_TARGET_BYTES};
@@ -152,7 +150,11 @@ fn edge(dir: &Path, click_fallback: Option<&'static str>) -> (Edge, Writer) {
         data_dir: Some(dir.display().to_string()),
         ..Overrides::default()
     };
-    let config = Config::from_toml_str("", &overrides).expect("default config");
+    let mut config = Config::from_toml_str("", &overrides).expect("default config");
+    config.public.max_token_bytes = MAX_TOKEN_BYTES;
+    config.public.max_uri_bytes = 3 * MAX_TOKEN_BYTES;
+    config.public.header_read_timeout = Duration::from_secs(1);
+    config.public.click_fallback_url = click_fallback.map(str::to_owned);
     let key_file = dir.join("keys.txt");
     std::fs::write(&key_file, format!("1:{SECRET}\n")).expect("key file");
     let keys = Arc::new(Keys::open(key_file, false).expect("keys"));
@@ -168,21 +170,13 @@ fn edge(dir: &Path, click_fallback: Option<&'static str>) -> (Edge, Writer) {
         trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
     )
     .expect("privacy");
-    let edge = Edge {
+    let edge = Edge::new(
+        &config,
         keys,
         events,
-        ids: IdGenerator::new(),
-        enrich: Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
-        metrics: RequestMetrics::register(),
+        Arc::new(trackedge::enrich::Enricher::new(&config, 0).expect("enricher")),
         privacy,
-        limiter: trackedge::ratelimit::RecordLimiter::new(config.rate_limit.clone(), 0),
-        node: "properties".into(),
-        max_token_bytes: MAX_TOKEN_BYTES,
-        max_uri_bytes: 3 * MAX_TOKEN_BYTES,
-        max_body_bytes: 4096,
-        body_timeout: Duration::from_secs(1),
-        click_fallback: click_fallback.map(HeaderValue::from_static),
-    };
+    );
     (edge, writer)
 }
 
