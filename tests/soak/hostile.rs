@@ -138,13 +138,20 @@ pub fn run(addr: SocketAddr, keys: KeyRing, mix: Mix, until: Instant, stats: Arc
     });
 }
 
+/// A connection to the edge, retried while it refuses (the attack may hold many).
+async fn tcp(addr: SocketAddr) -> TcpStream {
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A request head sent one byte every 200 ms, never finished.
 async fn slowloris(addr: SocketAddr, stats: &Stats) {
     loop {
-        let Ok(mut stream) = TcpStream::connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let mut stream = tcp(addr).await;
         add(&stats.slowloris_connections, 1);
         let head = b"GET /healthz HTTP/1.1\r\nHost: t.example\r\nX-Slow: ";
         let mut sent = 0usize;
@@ -172,10 +179,7 @@ fn server_closed(stream: &TcpStream) -> bool {
 /// Connects and sends nothing.
 async fn idle_tcp(addr: SocketAddr, stats: &Stats) {
     loop {
-        let Ok(mut stream) = TcpStream::connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let mut stream = tcp(addr).await;
         add(&stats.idle_connections, 1);
         let mut buf = [0u8; 64];
         // Returns (0 bytes or an error) once the server closes it.
