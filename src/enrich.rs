@@ -77,6 +77,14 @@ impl UaFacts {
     }
 }
 
+/// Who is behind a hit: what the recording limit needs before the rest of the stage.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The full client address: in memory only, like [`Enrichment::ip`].
+    pub ip: IpAddr,
+    pub asn: Option<Arc<Asn>>,
+}
+
 /// The result of the stage for one hit.
 #[derive(Debug, Clone)]
 pub struct Enrichment {
@@ -167,19 +175,36 @@ impl Enricher {
         })
     }
 
+    /// The whole stage for one hit: [`Enricher::client_addr`] then
+    /// [`Enricher::describe`].
     pub fn enrich(&self, hit: &Hit, claims: &Claims) -> Enrichment {
+        self.describe(hit, claims, self.client_addr(hit))
+    }
+
+    /// The first half of the stage: the client address (from trusted proxy headers
+    /// only) and its network. The route's recording limit runs between the halves,
+    /// so an event it drops leaves no trace in the first-seen set or the counters.
+    pub fn client_addr(&self, hit: &Hit) -> ClientAddr {
         let resolved = self.client_ip.resolve(hit.peer, hit.headers);
         self.metrics.origin[resolved.origin as usize].increment(1);
         if resolved.malformed {
             self.metrics.malformed.increment(1);
         }
         let ip = resolved.ip;
+        ClientAddr {
+            ip,
+            asn: self.asn.as_ref().and_then(|db| db.asn(ip)),
+        }
+    }
+
+    /// The second half: device, place, first/duplicate and class.
+    pub fn describe(&self, hit: &Hit, claims: &Claims, client: ClientAddr) -> Enrichment {
+        let ClientAddr { ip, asn } = client;
         let parsed = hit.headers.get(USER_AGENT).map(|raw| {
             self.ua
                 .get(raw.as_bytes(), |ua| UaFacts::derive(&self.classifier, ua))
         });
         let geo = self.city.as_ref().and_then(|db| db.city(ip));
-        let asn = self.asn.as_ref().and_then(|db| db.asn(ip));
         let seen = self.dedup.observe(claims, hit.at_ms);
         let mut verdict = self.classifier.classify(&Signals {
             kind: claims.kind,

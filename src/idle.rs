@@ -17,6 +17,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,7 +47,7 @@ pub struct Idle<S> {
     /// Counted here, once, because hyper ends a kept-alive HTTP/1 connection whose
     /// read fails between requests without reporting an error.
     closed_idle: Counter,
-    fired: bool,
+    fired: Arc<AtomicBool>,
 }
 
 impl<S> Idle<S> {
@@ -57,8 +59,15 @@ impl<S> Idle<S> {
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
             closed_idle,
-            fired: false,
+            fired: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Turns true once this connection was failed for idleness (and counted). The
+    /// owner checks it rather than the error: h2 keeps only the kind and text of an
+    /// IO error, so an idle HTTP/2 close surfaces as a generic one.
+    pub fn fired(&self) -> Arc<AtomicBool> {
+        self.fired.clone()
     }
 
     /// Called when the inner IO would wait: fails once the idle deadline passed.
@@ -69,8 +78,7 @@ impl<S> Idle<S> {
             }
             let deadline = self.last_activity + self.timeout;
             if deadline <= Instant::now() {
-                if !self.fired {
-                    self.fired = true;
+                if !self.fired.swap(true, Ordering::Relaxed) {
                     self.closed_idle.increment(1);
                 }
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout));

@@ -131,11 +131,12 @@ impl RecordLimiter {
                 tokens: settings.burst,
                 at_ms: now_ms,
             });
-            // A clock step backwards refills nothing rather than underflowing.
+            // A wall-clock step backwards refills nothing, and the bucket restarts
+            // from the new time instead of waiting for the clock to catch up.
             let elapsed_ms = now_ms.saturating_sub(bucket.at_ms);
             bucket.tokens = (bucket.tokens + elapsed_ms as f64 * settings.events_per_sec / 1000.0)
                 .min(settings.burst);
-            bucket.at_ms = bucket.at_ms.max(now_ms);
+            bucket.at_ms = now_ms;
             let allowed = bucket.tokens >= 1.0;
             if allowed {
                 bucket.tokens -= 1.0;
@@ -285,5 +286,10 @@ mod tests {
             limiter.check(ip("192.0.2.1"), None, 10_000);
         }
         assert_eq!(limiter.check(ip("192.0.2.1"), None, 5_000), Decision::Drop);
+        // Refilling resumes from the new time: one token every 100 ms.
+        assert_eq!(
+            limiter.check(ip("192.0.2.1"), None, 5_100),
+            Decision::Record
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! swaps its new state in whole or keeps the old one, and logs and counts the
 //! result itself.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,11 +16,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::shutdown::Signal;
 
-/// A file's size and modification time, to notice changes by polling.
+/// What identifies a file's version when polling: size and modification time, plus
+/// the inode and change time, so a replacement by rename or `cp -p` (same size and
+/// mtime, as renewed certificates often are) is still noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
+    inode: u64,
+    changed: (i64, i64),
 }
 
 impl FileStamp {
@@ -29,6 +34,8 @@ impl FileStamp {
         Some(FileStamp {
             modified: meta.modified().ok(),
             len: meta.len(),
+            inode: meta.ino(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
@@ -113,6 +120,21 @@ mod tests {
         std::fs::write(&path, "three").unwrap();
         assert!(seen.changed(FileStamp::of(&path)));
         assert!(!seen.changed(FileStamp::of(&path)));
+        // Same size and modification time, put in place by rename.
+        let copy = dir.path().join("g");
+        std::fs::write(&copy, "three").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        assert!(
+            seen.changed(FileStamp::of(&path)),
+            "a same-size, same-mtime swap"
+        );
         std::fs::remove_file(&path).unwrap();
         assert!(seen.changed(FileStamp::of(&path)));
     }

@@ -322,26 +322,28 @@ fn verify(
     })
 }
 
-/// The privacy stage, enrichment, the per-network recording limit, then the event:
-/// built from verified claims and the request's facts as the privacy policy allows,
-/// and queued without waiting. The limit runs after enrichment because it keys on
-/// the client address the enrich stage resolved from trusted proxy headers.
+/// The privacy stage, the client's address, the per-network recording limit, the
+/// rest of enrichment, then the event: built from verified claims and the request's
+/// facts as the privacy policy allows, and queued without waiting. The limit keys on
+/// the address the enrich stage resolved from trusted proxy headers, and runs before
+/// the rest so that a dropped event leaves no first-seen mark behind.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     let now_secs = hit.now_secs();
     let Ok(marks) = edge.privacy.decide(&claims, hit.headers, now_secs) else {
         return;
     };
     let kind = claims.kind;
-    let enriched = edge.enrich.enrich(hit, &claims);
+    let client = edge.enrich.client_addr(hit);
     let rate_limited = match edge.limiter.check(
-        enriched.ip,
-        enriched.asn.as_ref().map(|asn| asn.number),
+        client.ip,
+        client.asn.as_ref().map(|asn| asn.number),
         hit.at_ms,
     ) {
         Decision::Record => false,
         Decision::Mark => true,
         Decision::Drop => return,
     };
+    let enriched = edge.enrich.describe(hit, &claims, client);
     let event = Event {
         v: SCHEMA_VERSION,
         id: edge.ids.next(hit.at_ms),

@@ -360,6 +360,7 @@ async fn serve_connection(
 ) {
     let active = metrics::gauge!(m::HTTP_CONNECTIONS_ACTIVE);
     active.increment(1.0);
+    let idle_fired = stream.fired();
     let peer_ip = peer.ip();
     let served = Arc::new(AtomicBool::new(false));
     let service = {
@@ -396,7 +397,8 @@ async fn serve_connection(
             }
         }
     };
-    if let Some(reason) = reason {
+    // An idle close was counted by the wrapper, whatever error it surfaced as.
+    if let Some(reason) = reason.filter(|_| !idle_fired.load(Ordering::Relaxed)) {
         metrics::counter!(m::HTTP_CONNECTION_ERRORS_TOTAL, "reason" => reason).increment(1);
     }
     active.decrement(1.0);

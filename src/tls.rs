@@ -55,9 +55,11 @@ impl TlsCerts {
     /// Loads every configured certificate (at least one); any failure is an error.
     pub fn load(configs: &[TlsCertConfig]) -> Result<TlsCerts, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Stamped before reading: a file replaced meanwhile is seen as changed.
+        let last_seen = LastSeen::new(stamps(configs));
         let table = SniTable::load(configs, &provider)?;
         Ok(TlsCerts {
-            last_seen: LastSeen::new(stamps(configs)),
+            last_seen,
             configs: configs.to_vec(),
             provider,
             current: ArcSwap::from_pointee(table),

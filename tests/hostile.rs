@@ -633,6 +633,13 @@ async fn idle_connections_are_closed_on_every_protocol() {
     })
     .await;
     assert!(counted, "{}", server.metrics().await);
+    assert_eq!(
+        server
+            .metric("trackedge_http_connection_errors_total{reason=\"http\"}")
+            .await,
+        0.0,
+        "an idle close is counted once, as idle"
+    );
     assert_eq!(get(server.public, "/healthz").await.status(), 200);
 }
 

@@ -102,3 +102,42 @@ async fn buckets_are_per_client_network_and_exempt_asns_are_never_limited() {
     assert!(server.terminate().success());
     assert_eq!(server.events().len(), 6 + 3 + 2);
 }
+
+/// A dropped event leaves nothing behind: the same message opened later from
+/// another network is still its first open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_event_does_not_use_up_the_first_open() {
+    let config =
+        format!("[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n{LIMIT}action = \"drop\"\n");
+    let mut server = TestServer::start(&config);
+    let open_from = |message: &str, client: &'static str| {
+        let path = server.path_for(&claims(Kind::Open, message));
+        let public = server.public;
+        async move {
+            common::send(
+                public,
+                http::Version::HTTP_11,
+                common::request_with("GET", &path, &[("x-forwarded-for", client)]),
+            )
+            .await
+            .status()
+        }
+    };
+    for n in 0..3 {
+        assert_eq!(open_from(&format!("burst-{n}"), "192.0.2.1").await, 200);
+    }
+    assert_eq!(
+        open_from("shared", "192.0.2.1").await,
+        200,
+        "dropped, still answered"
+    );
+    assert_eq!(open_from("shared", "198.51.100.1").await, 200);
+    assert!(server.terminate().success());
+    let events = server.events();
+    assert_eq!(events.len(), 4);
+    let shared = events
+        .iter()
+        .find(|e| e["message"] == "shared")
+        .expect("the second network's open");
+    assert_eq!(shared["first"], serde_json::Value::Bool(true), "{shared}");
+}
