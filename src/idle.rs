@@ -26,18 +26,10 @@ use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The error inside the `io::ErrorKind::TimedOut` an idle connection fails with,
-/// so that callers can tell it from the operating system's own timeouts.
+/// The error inside the `io::ErrorKind::TimedOut` an idle connection fails with.
 #[derive(Debug, thiserror::Error)]
 #[error("connection idle for too long")]
 pub struct IdleTimeout;
-
-impl IdleTimeout {
-    /// True when `err` is this wrapper's idle failure.
-    pub fn is(err: &io::Error) -> bool {
-        err.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
-    }
-}
 
 pub struct Idle<S> {
     inner: S,
@@ -175,7 +167,7 @@ mod tests {
         let mut buf = [0u8; 8];
         let err = idle.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(IdleTimeout::is(&err));
+        assert!(err.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>()));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 

@@ -24,7 +24,7 @@ use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::forward::{ForwardError, Forwarder};
 use crate::health::Health;
-use crate::idle::{Idle, IdleTimeout};
+use crate::idle::Idle;
 use crate::keys::{KeyFileError, Keys};
 use crate::metrics as m;
 use crate::privacy::{Privacy, PrivacyError};
@@ -121,10 +121,10 @@ pub async fn run(
         true => None,
         false => Some(Arc::new(tls::TlsCerts::load(&config.public.tls)?)),
     };
-    let tls = match &certs {
-        Some(certs) => Some(tls::acceptor(certs.clone(), config.public.http2)?),
-        None => None,
-    };
+    let tls = certs
+        .as_ref()
+        .map(|certs| tls::acceptor(certs.clone(), config.public.http2))
+        .transpose()?;
     let health = Arc::new(Health::new());
     let (events, writer, spool) = spool::start(
         &config.spool,
@@ -390,8 +390,7 @@ async fn serve_connection(
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    // An idle stall in the handshake is counted by the wrapper.
-                    (!IdleTimeout::is(&err)).then_some("tls_handshake")
+                    Some("tls_handshake")
                 }
                 Err(_) => Some("tls_timeout"),
             }
@@ -419,8 +418,8 @@ where
             Err(err) => {
                 let err: Box<dyn std::error::Error + Send + Sync> = err.into();
                 let reason = error_reason(&*err);
-                tracing::debug!(error = %err, ?reason, "connection ended with an error");
-                reason
+                tracing::debug!(error = %err, reason, "connection ended with an error");
+                Some(reason)
             }
         },
         // Dropping the connection future closes the socket without an answer: a
@@ -429,35 +428,30 @@ where
     }
 }
 
-/// The `reason` label for a connection error: what in the chain caused it. `None`
-/// for an idle close, which the [`Idle`] wrapper counted already.
-fn error_reason(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+/// The `reason` label for a connection error: what in the chain caused it. (An idle
+/// close may surface as any error; the caller leaves it to the [`Idle`] wrapper.)
+fn error_reason(err: &(dyn std::error::Error + 'static)) -> &'static str {
     let mut cause = Some(err);
     while let Some(err) = cause {
         if let Some(err) = err.downcast_ref::<hyper::Error>() {
             if err.is_timeout() {
-                return Some("header_timeout");
+                return "header_timeout";
             }
             if err.is_parse_too_large() {
-                return Some("header_too_large");
+                return "header_too_large";
             }
             if err.is_parse() || err.is_parse_status() {
-                return Some("bad_request");
+                return "bad_request";
             }
         }
         if let Some(err) = err.downcast_ref::<h2::Error>() {
             // What h2 sends when a client resets or errs too many streams
             // (rapid reset, h2_max_pending_reset_streams and friends).
             if err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
-                return Some("h2_flood");
-            }
-        }
-        if let Some(err) = err.downcast_ref::<std::io::Error>() {
-            if IdleTimeout::is(err) {
-                return None;
+                return "h2_flood";
             }
         }
         cause = err.source();
     }
-    Some("http")
+    "http"
 }
