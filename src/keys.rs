@@ -189,16 +189,6 @@ impl Keys {
         }
     }
 
-    /// Reloads when the file's size or modification time changed since last seen.
-    pub fn reload_if_changed(&self) {
-        let now = FileStamp::of(&self.path);
-        let changed = self.last_seen.changed(now);
-        if changed && now.is_some() {
-            // An error is logged and counted inside; the old keys keep serving.
-            let _ = self.reload();
-        }
-    }
-
     fn publish_ids(&self, old: Option<&KeyRing>) {
         if let Some(old) = old {
             for id in old.ids() {
@@ -214,8 +204,13 @@ impl Keys {
 }
 
 impl Reloadable for Keys {
+    /// Reloads when the file changed since last seen ([`FileStamp`]).
     fn reload_changed(&self) {
-        self.reload_if_changed();
+        let now = FileStamp::of(&self.path);
+        if self.last_seen.changed(now) && now.is_some() {
+            // An error is logged and counted inside; the old keys keep serving.
+            let _ = self.reload();
+        }
     }
 
     fn reload_all(&self) {

@@ -7,9 +7,9 @@
 //! label). A PEM that cannot be read, or a key that does not match its certificate,
 //! stops the start with a message naming the file.
 //!
-//! Reload: [`crate::reload::watch`] re-reads every certificate and key when one of the files
-//! changes (size or modification time, polled every `public.tls_reload_interval_ms`)
-//! and on SIGHUP. The whole SNI table is built first and swapped in at once
+//! Reload: [`crate::reload::watch`] re-reads every certificate and key when one of
+//! the files changes (a new [`crate::reload::FileStamp`], polled every
+//! `public.tls_reload_interval_ms`) and on SIGHUP. The whole SNI table is built first and swapped in at once
 //! (`arc-swap`), so a handshake sees either the old set or the new one, never a
 //! mix; a file that fails to load leaves the old set in force, logged and counted
 //! (`trackedge_tls_reloads_total{result="error"}`). Connections already open keep
@@ -86,16 +86,6 @@ impl TlsCerts {
         }
     }
 
-    /// Reloads when any cert or key file changed since last seen.
-    pub fn reload_if_changed(&self) {
-        let changed = self.last_seen.changed(stamps(&self.configs));
-        if changed {
-            // Logged and counted inside; a half-written pair fails now and loads
-            // on the next change.
-            let _ = self.reload();
-        }
-    }
-
     fn resolve(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         self.current.load().for_name(name)
     }
@@ -133,8 +123,13 @@ pub fn acceptor(certs: Arc<TlsCerts>, http2: bool) -> Result<TlsAcceptor, TlsErr
 }
 
 impl Reloadable for TlsCerts {
+    /// Reloads when any cert or key file changed since last seen ([`FileStamp`]).
     fn reload_changed(&self) {
-        self.reload_if_changed();
+        if self.last_seen.changed(stamps(&self.configs)) {
+            // Logged and counted inside; a half-written pair fails now and loads
+            // on the next change.
+            let _ = self.reload();
+        }
     }
 
     fn reload_all(&self) {

@@ -291,7 +291,7 @@ impl Db {
         }
     }
 
-    /// Reloads when the file's size or modification time changed since last seen.
+    /// Reloads when the file changed since last seen ([`FileStamp`]).
     pub fn reload_if_changed(&self) {
         let now = FileStamp::of(&self.path);
         let changed = self.last_seen.changed(now);
