@@ -287,7 +287,7 @@ impl Default for RawRateLimit {
 
 fn validate_rate_limit(
     raw: &RawRateLimit,
-    apple_mpp_cidrs: &[String],
+    apple_mpp_cidrs: &CidrSet,
 ) -> Result<RateLimitSettings, ConfigError> {
     if !(raw.events_per_sec.is_finite() && raw.events_per_sec > 0.0 && raw.events_per_sec <= 1e6) {
         return Err(invalid(
@@ -296,8 +296,7 @@ fn validate_rate_limit(
         ));
     }
     let exempt = if raw.exempt_apple_mpp {
-        CidrSet::parse(apple_mpp_cidrs)
-            .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?
+        apple_mpp_cidrs.clone()
     } else {
         CidrSet::default()
     };
@@ -881,6 +880,17 @@ impl RawConfig {
         if public.addr == admin_addr && public.addr.port() != 0 {
             return Err(invalid("admin.addr", "must differ from public.addr"));
         }
+        let classify = ClassifyConfig {
+            rules_file: non_empty(self.classify.rules_file).map(PathBuf::from),
+            apple_mpp_cidrs: CidrSet::parse(&self.classify.apple_mpp_cidrs)
+                .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?,
+            fast_click_secs: in_range(
+                "classify.fast_click_secs",
+                self.classify.fast_click_secs,
+                0,
+                86_400,
+            )?,
+        };
         Ok(Config {
             node_id,
             data_dir: PathBuf::from(&self.data_dir),
@@ -932,19 +942,9 @@ impl RawConfig {
                     100,
                 )?,
             },
-            classify: ClassifyConfig {
-                rules_file: non_empty(self.classify.rules_file).map(PathBuf::from),
-                apple_mpp_cidrs: CidrSet::parse(&self.classify.apple_mpp_cidrs)
-                    .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?,
-                fast_click_secs: in_range(
-                    "classify.fast_click_secs",
-                    self.classify.fast_click_secs,
-                    0,
-                    86_400,
-                )?,
-            },
+            rate_limit: validate_rate_limit(&self.rate_limit, &classify.apple_mpp_cidrs)?,
+            classify,
             dedup: validate_dedup(&self.dedup)?,
-            rate_limit: validate_rate_limit(&self.rate_limit, &self.classify.apple_mpp_cidrs)?,
         })
     }
 }
