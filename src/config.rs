@@ -922,7 +922,7 @@ impl RawConfig {
                         ))
                     }
                 },
-                level: self.log.level,
+                level: log_level(self.log.level)?,
             },
             shutdown: ShutdownConfig {
                 drain_timeout: millis(
@@ -946,6 +946,37 @@ impl RawConfig {
             classify,
             dedup: validate_dedup(&self.dedup)?,
         })
+    }
+}
+
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A level, or comma-separated `level` / `target=level` directives. A bare word that
+/// is not a level would be read by the log filter as a target name and silence
+/// everything else, so it is refused here.
+fn log_level(level: String) -> Result<String, ConfigError> {
+    let is_level = |word: &str| {
+        LOG_LEVELS
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(word.trim()))
+    };
+    let valid = !level.trim().is_empty()
+        && level
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((target, level)) => !target.trim().is_empty() && is_level(level),
+                None => is_level(directive),
+            });
+    if valid {
+        Ok(level)
+    } else {
+        Err(invalid(
+            "log.level",
+            format!(
+                "{level:?} is not a level ({}) or a list of target=level directives",
+                LOG_LEVELS.join(", ")
+            ),
+        ))
     }
 }
 
@@ -1458,6 +1489,32 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let err = parse("[public]\nadress = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_target_directives() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,trackedge=debug",
+            "hyper=warn, info",
+        ] {
+            parse(&format!("[log]\nlevel = \"{good}\"\n")).expect(good);
+        }
+        for bad in [
+            "warning",
+            "",
+            "trackedge",
+            "info,verbose",
+            "=debug",
+            "x=loud",
+        ] {
+            let err = parse(&format!("[log]\nlevel = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.level"), "{bad}: {err}");
+        }
     }
 
     #[test]

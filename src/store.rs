@@ -20,8 +20,13 @@ pub type Seq = u64;
 pub type Bytes = sled::IVec;
 
 #[derive(Debug, thiserror::Error)]
-#[error("spool storage: {0}")]
-pub struct StoreError(#[from] sled::Error);
+pub enum StoreError {
+    #[error("spool storage: {0}")]
+    Engine(#[from] sled::Error),
+    /// A storage task on the blocking pool panicked or was cancelled.
+    #[error("spool storage task failed")]
+    TaskFailed,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -71,6 +76,11 @@ impl Store {
     pub fn append(&self, seq: Seq, value: Vec<u8>) -> Result<(), StoreError> {
         self.events.insert(key(seq), value)?;
         Ok(())
+    }
+
+    /// The value under `seq`, if it is still there.
+    pub fn get(&self, seq: Seq) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.events.get(key(seq))?)
     }
 
     /// Replaces the value under `seq` if it is still there; returns the old value.
