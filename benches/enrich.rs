@@ -84,15 +84,14 @@ fn enrich(c: &mut Criterion) {
 
     let enricher = Enricher::new(&config, 0).expect("enricher");
     let claims = Claims {
-        kind: Kind::Open,
-        tenant: "acme".into(),
-        campaign: "spring-2026".into(),
-        message: "01J9Z3W6Q8K2M4N6P8R0S2T4V6".into(),
         recipient: Some("r-8f14e45f".into()),
-        link: 0,
-        target: None,
-        expires_at: None,
         sent_at: Some(1_795_000_000),
+        ..Claims::new(
+            Kind::Open,
+            "acme",
+            "spring-2026",
+            "01J9Z3W6Q8K2M4N6P8R0S2T4V6",
+        )
     };
     let hit = Hit {
         at_ms: 1_795_000_100_000,

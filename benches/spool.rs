@@ -28,15 +28,15 @@ const EVENTS: u64 = 20_000;
 /// A realistic click: about the size of a real event on the wire.
 fn event(n: u64) -> Event {
     let claims = Claims {
-        kind: Kind::Click,
-        tenant: "acme".into(),
-        campaign: "spring-2026".into(),
-        message: format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
         recipient: Some("r-8f14e45f".into()),
         link: 3,
         target: Some("https://shop.example.com/spring/sale?utm_source=email".into()),
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(
+            Kind::Click,
+            "acme",
+            "spring-2026",
+            format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
+        )
     };
     let mut event = Event::of_claims(
         claims,

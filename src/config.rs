@@ -19,6 +19,7 @@ mod client_ip;
 mod dedup;
 mod forward;
 mod geoip;
+mod health;
 mod log;
 mod privacy;
 mod public;
@@ -41,6 +42,7 @@ pub use client_ip::ClientIpConfig;
 pub use dedup::{DedupSettings, MAX_BURST_LINKS};
 pub use forward::{FileSinkConfig, ForwardConfig, HttpSinkConfig, KafkaSinkConfig, SinkConfig};
 pub use geoip::GeoipConfig;
+pub use health::HealthConfig;
 pub use log::{LogConfig, LogFormat};
 pub use privacy::{IpMode, PrivacyConfig, SignalPolicy, UaMode};
 pub use public::{PublicConfig, TlsCertConfig};
@@ -99,6 +101,7 @@ pub struct RawConfig {
     retention: spool::RawRetention,
     log: log::RawLog,
     shutdown: shutdown::RawShutdown,
+    health: health::RawHealth,
     client_ip: client_ip::RawClientIp,
     user_agent: user_agent::RawUserAgent,
     geoip: geoip::RawGeoip,
@@ -121,6 +124,7 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub health: HealthConfig,
     pub client_ip: ClientIpConfig,
     pub user_agent: UserAgentConfig,
     pub geoip: GeoipConfig,
@@ -243,6 +247,7 @@ impl RawConfig {
             privacy: self.privacy.validate()?,
             log: self.log.validate()?,
             shutdown: self.shutdown.validate()?,
+            health: self.health.validate()?,
             client_ip: self.client_ip.validate()?,
             user_agent: self.user_agent.validate()?,
             geoip: self.geoip.validate()?,

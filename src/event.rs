@@ -117,15 +117,8 @@ impl Event {
     pub fn erasure(id: EventId, ts: u64, tenant: &str, recipient: &str, node: Arc<str>) -> Event {
         let mut event = Event::of_claims(
             Claims {
-                kind: Kind::Open,
-                tenant: tenant.to_owned(),
-                campaign: String::new(),
-                message: String::new(),
                 recipient: Some(recipient.to_owned()),
-                link: 0,
-                target: None,
-                expires_at: None,
-                sent_at: None,
+                ..Claims::new(Kind::Open, tenant, "", "")
             },
             id,
             ts,

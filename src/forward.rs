@@ -35,8 +35,9 @@ use crate::metrics as m;
 use crate::shutdown::{self, Signal, Trigger};
 use crate::spool::{Lease, Spool};
 use crate::store::Seq;
+pub use retry::Failure;
 pub use retry::Outcome;
-use retry::{backoff, Circuit, Permit, FAILURE_REASONS};
+use retry::{backoff, Circuit, Permit};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -91,7 +92,7 @@ pub struct ForwardStatus {
     enabled: bool,
     in_flight: AtomicUsize,
     circuit: Mutex<Circuit>,
-    last_error: Mutex<Option<&'static str>>,
+    last_error: Mutex<Option<Failure>>,
 }
 
 impl ForwardStatus {
@@ -115,7 +116,11 @@ impl ForwardStatus {
             state,
             in_flight_batches: in_flight,
             consecutive_failures: failures,
-            last_error: *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(Failure::as_str),
         }
     }
 }
@@ -168,8 +173,8 @@ impl Forwarder {
             circuit: Mutex::new(Circuit::new(config.circuit_failures, config.circuit_open)),
             last_error: Mutex::new(None),
         });
-        for reason in FAILURE_REASONS {
-            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).absolute(0);
+        for reason in Failure::ALL {
+            reason.counter().absolute(0);
         }
         // With no sink nothing runs, so nothing registers for readiness.
         let Some(sink) = sink else {
@@ -276,7 +281,8 @@ async fn next_lease(pipeline: &Arc<Pipeline>, from: Seq) -> Option<(Lease, Seq)>
         Ok(Ok(leased)) => {
             if leased.corrupt_segments > 0 {
                 pipeline.dead_lettered.increment(leased.corrupt_events);
-                metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
+                Failure::CorruptRecord
+                    .counter()
                     .increment(leased.corrupt_segments);
             }
             leased.lease.map(|lease| (lease, leased.next))
@@ -426,14 +432,14 @@ impl Pipeline {
             .on_success();
     }
 
-    fn failed(&self, reason: &'static str) {
-        metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).increment(1);
+    fn failed(&self, reason: Failure) {
+        reason.counter().increment(1);
         *self
             .status
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        tracing::debug!(reason, "forward attempt failed");
+        tracing::debug!(reason = reason.as_str(), "forward attempt failed");
     }
 
     async fn acknowledge(&self, lease: Lease, batch: &Batch) {

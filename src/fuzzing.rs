@@ -599,17 +599,10 @@ const UA_CURL: &str = "curl/8.5.0";
 /// the optional fields.
 fn token_seed_claims() -> Vec<(&'static str, Claims, u8)> {
     let claims = |kind: Kind| Claims {
-        kind,
-        tenant: "acme".into(),
-        campaign: "spring".into(),
-        message: "msg-42".into(),
-        recipient: None,
-        link: 0,
         target: kind
             .has_target()
             .then(|| "https://shop.example/spring?utm=mail#top".into()),
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(kind, "acme", "spring", "msg-42")
     };
     let full = |kind: Kind| Claims {
         recipient: Some("r-9".into()),

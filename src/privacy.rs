@@ -43,6 +43,11 @@ impl SkipReason {
         SkipReason::SelfOpen,
     ];
 
+    /// The position in [`SkipReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::OptedOut => "opted_out",
@@ -101,7 +106,9 @@ impl Privacy {
         &self.config
     }
 
-    /// Decides whether a verified hit is recorded, and with which marks.
+    /// Decides whether a verified hit is recorded, and with which marks. A refusal
+    /// is counted, except for an unsubscribe, which is recorded anyway (with only
+    /// its ids).
     pub fn decide(
         &self,
         claims: &Claims,
@@ -110,11 +117,9 @@ impl Privacy {
     ) -> Result<Marks, SkipReason> {
         let result = self.decide_uncounted(claims, headers, now_secs);
         if let Err(reason) = result {
-            let index = SkipReason::ALL
-                .iter()
-                .position(|r| *r == reason)
-                .expect("ALL lists every reason");
-            self.skipped[index].increment(1);
+            if claims.kind != Kind::Unsubscribe {
+                self.skipped[reason.index()].increment(1);
+            }
         }
         result
     }
@@ -248,18 +253,7 @@ fn hash_key(path: &Path) -> Result<Hmac<Sha256>, PrivacyError> {
         source,
     };
     if !path.exists() {
-        let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => std::io::Write::write_all(&mut file, hex.as_bytes()).map_err(io)?,
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(io(err)),
-        }
+        crate::secret_file::create(path, str::to_owned).map_err(io)?;
     }
     let secret = std::fs::read_to_string(path).map_err(io)?;
     Ok(
@@ -298,6 +292,13 @@ pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn skip_reasons_index_their_place_in_all() {
+        for (at, reason) in SkipReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), at);
+        }
+    }
 
     fn t(ip: &str) -> String {
         truncate_ip(ip.parse().unwrap(), 24, 48).to_string()

@@ -1,5 +1,5 @@
-//! The public request path: match the route, then run its stages in order —
-//! token -> privacy -> enrich -> respond -> hand the event to the spool.
+//! The public request path: match the route, then run its stages in the order
+//! written once in the crate docs ("The life of a hit", `src/lib.rs`).
 //!
 //! Input: a parsed request from `server` and the peer address. Output: a response
 //! built from static bytes (see [`response`]) and at most one [`Event`] handed to
@@ -10,7 +10,7 @@ mod click;
 mod optout;
 mod pixel;
 pub mod response;
-pub mod unsubscribe;
+mod unsubscribe;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -203,7 +203,6 @@ impl HttpError {
 }
 
 const GET_HEAD: &str = "GET, HEAD";
-const GET_HEAD_POST: &str = "GET, HEAD, POST";
 
 /// What one request tells beyond its token: the per-request context of the stages.
 pub struct Hit<'a> {
@@ -250,7 +249,7 @@ where
         RouteName::Download => click::answer(edge, &request, token, peer, Kind::Download),
         RouteName::Unsubscribe => {
             let token = token.to_owned();
-            unsubscribe_answer(edge, request, &token, peer).await
+            unsubscribe::answer(edge, request, &token, peer).await
         }
         RouteName::OptOut => optout::answer(edge, &request, token),
         RouteName::Sender => optout::sender(edge, &request, token),
@@ -309,15 +308,17 @@ fn require_get_or_head<B>(request: &Request<B>) -> Result<bool, HttpError> {
     }
 }
 
+/// Verifies a token at `now_secs` against the keys in force; a failure is counted
+/// for `route`.
 fn verify(
     edge: &Edge,
     route: RouteName,
     token: &str,
     kind: Kind,
-    hit: &Hit,
+    now_secs: u64,
 ) -> Result<Claims, TokenError> {
     let keys = edge.keys.ring();
-    token::verify(&keys, token, kind, hit.now_secs(), edge.max_token_bytes).inspect_err(|reason| {
+    token::verify(&keys, token, kind, now_secs, edge.max_token_bytes).inspect_err(|reason| {
         edge.metrics.token_failed(route, *reason);
     })
 }
@@ -393,76 +394,6 @@ fn record_untracked(edge: &Edge, claims: Claims, hit: &Hit, reason: SkipReason) 
     event.not_tracked = Some(reason.as_str());
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);
-    }
-}
-
-async fn unsubscribe_answer<B>(
-    edge: &Edge,
-    request: Request<B>,
-    token: &str,
-    peer: IpAddr,
-) -> Result<Response<Body>, HttpError>
-where
-    B: hyper::body::Body<Data = bytes::Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let post = match *request.method() {
-        Method::GET | Method::HEAD => false,
-        Method::POST => true,
-        _ => return Err(HttpError::MethodNotAllowed(GET_HEAD_POST)),
-    };
-    let (parts, body) = request.into_parts();
-    let hit = Hit {
-        at_ms: now_ms(),
-        peer,
-        headers: &parts.headers,
-        head: parts.method == Method::HEAD,
-    };
-    let claims = match verify(edge, RouteName::Unsubscribe, token, Kind::Unsubscribe, &hit) {
-        Ok(claims) => claims,
-        Err(_) => {
-            return Ok(response::html(
-                StatusCode::NOT_FOUND,
-                response::LINK_NOT_FOUND_PAGE,
-            ))
-        }
-    };
-    if !post {
-        return Ok(response::html(
-            StatusCode::OK,
-            response::UNSUBSCRIBE_CONFIRM_PAGE,
-        ));
-    }
-    let body = read_body(body, edge.max_body_bytes, edge.body_timeout).await?;
-    let content_type = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if !unsubscribe::is_one_click(content_type, &body) {
-        return Err(HttpError::NotOneClick);
-    }
-    record(edge, claims, &hit);
-    Ok(response::html(StatusCode::OK, response::UNSUBSCRIBED_PAGE))
-}
-
-async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<bytes::Bytes, HttpError>
-where
-    B: hyper::body::Body<Data = bytes::Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use http_body_util::BodyExt;
-    // A declared length over the limit is refused at once, not after waiting for
-    // a body the client may never send.
-    if body.size_hint().lower() > limit as u64 {
-        return Err(HttpError::BodyTooLarge);
-    }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(HttpError::BodyTooLarge)
-        }
-        Ok(Err(_)) | Err(_) => Err(HttpError::BodyUnreadable),
     }
 }
 

@@ -74,6 +74,11 @@ impl DropReason {
         DropReason::WriteFailed,
     ];
 
+    /// The position in [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::ChannelFull => "channel_full",
@@ -261,11 +266,7 @@ impl Spool {
         if count == 0 {
             return;
         }
-        let index = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.dropped[index].increment(count);
+        self.dropped[reason.index()].increment(count);
         let logged = self
             .drop_log
             .lock()

@@ -118,6 +118,29 @@ pub struct Claims {
     pub sent_at: Option<u64>,
 }
 
+impl Claims {
+    /// Claims of `kind` for one message, with no recipient, link 0, no target, no
+    /// expiry and no send time; set the others with struct update syntax.
+    pub fn new(
+        kind: Kind,
+        tenant: impl Into<String>,
+        campaign: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Claims {
+        Claims {
+            kind,
+            tenant: tenant.into(),
+            campaign: campaign.into(),
+            message: message.into(),
+            recipient: None,
+            link: 0,
+            target: None,
+            expires_at: None,
+            sent_at: None,
+        }
+    }
+}
+
 /// One HMAC key, with its keyed state computed once so each use only clones it.
 #[derive(Clone)]
 pub struct Key {

@@ -10,25 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::upstream::{Mode, Upstream};
-use common::{eventually, request_with, send, TestServer};
+use common::{claims_of as claims, eventually, request_with, send, TestServer};
 use http::{Request, Response, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trackedge::{Claims, Kind};
-
-fn claims(kind: Kind, recipient: &str, message: &str) -> Claims {
-    Claims {
-        kind,
-        tenant: "acme".into(),
-        campaign: "c1".into(),
-        message: message.into(),
-        recipient: Some(recipient.into()),
-        link: 0,
-        target: None,
-        expires_at: None,
-        sent_at: None,
-    }
-}
+use trackedge::Kind;
 
 async fn open(server: &TestServer, recipient: &str, message: &str) {
     let path = server.path_for(&claims(Kind::Open, recipient, message));
@@ -390,6 +376,11 @@ async fn an_unsubscribe_is_recorded_whatever_tracking_says() {
         "the second one is over the limit, and marked"
     );
     assert!(by("limited-1").get("not_tracked").is_none());
+    // Recorded, so not counted as "not recorded".
+    for reason in ["opted_out", "suppressed", "do_not_track"] {
+        let series = format!("trackedge_privacy_not_recorded_total{{reason=\"{reason}\"}}");
+        assert_eq!(server.metric(&series).await, 0.0, "{series}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::retry::{classify_status, parse_retry_after, Outcome};
+use super::retry::{classify_status, parse_retry_after, Failure, Outcome};
 use super::{Batch, BoxFuture, Sink};
 use crate::config::HttpSinkConfig;
 
@@ -99,7 +99,7 @@ impl HttpSink {
         })
     }
 
-    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
         loop {
             let cached = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match cached {
@@ -110,7 +110,7 @@ impl HttpSink {
         }
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|_| "connect")?;
+            .map_err(|_| Failure::Connect)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => handshake(TokioIo::new(tcp)).await,
@@ -118,7 +118,7 @@ impl HttpSink {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|_| "connect")?;
+                    .map_err(|_| Failure::Connect)?;
                 handshake(TokioIo::new(stream)).await
             }
         }
@@ -132,7 +132,7 @@ impl HttpSink {
         let mut sender = match tokio::time::timeout(self.timeout, self.connection()).await {
             Ok(Ok(sender)) => sender,
             Ok(Err(reason)) => return retry(reason),
-            Err(_) => return retry("timeout"),
+            Err(_) => return retry(Failure::Timeout),
         };
         let body = match (&batch.gzip, self.gzip) {
             (Some(gzip), true) => gzip.clone(),
@@ -163,8 +163,8 @@ impl HttpSink {
         let response = match tokio::time::timeout(self.timeout, sender.send_request(request)).await
         {
             Ok(Ok(response)) => response,
-            Ok(Err(_)) => return retry("io"),
-            Err(_) => return retry("timeout"),
+            Ok(Err(_)) => return retry(Failure::Io),
+            Err(_) => return retry(Failure::Timeout),
         };
         let status = response.status();
         let retry_after = response
@@ -187,13 +187,13 @@ impl HttpSink {
     }
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, &'static str>
+async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, Failure>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|_| "connect")?;
+        .map_err(|_| Failure::Connect)?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "upstream connection closed");

@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Batch, BoxFuture, Outcome, Sink};
+use super::{Batch, BoxFuture, Failure, Outcome, Sink};
 use crate::config::KafkaSinkConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ impl KafkaSink {
                 }
                 Err(_) => {
                     outcome = Outcome::Retry {
-                        reason: "io",
+                        reason: Failure::Io,
                         after: None,
                     }
                 }
@@ -115,14 +115,14 @@ fn outcome_of(err: &KafkaError) -> Outcome {
             | Code::InvalidRecord
             | Code::InvalidTopic,
         ) => Outcome::Rejected {
-            reason: "kafka_rejected",
+            reason: Failure::KafkaRejected,
         },
         Some(Code::MessageTimedOut | Code::RequestTimedOut) => Outcome::Retry {
-            reason: "timeout",
+            reason: Failure::Timeout,
             after: None,
         },
         _ => Outcome::Retry {
-            reason: "kafka_error",
+            reason: Failure::KafkaError,
             after: None,
         },
     }

@@ -30,7 +30,7 @@ pub(super) fn answer<B>(
         headers: request.headers(),
         head,
     };
-    let location = verify(edge, route, token, kind, &hit)
+    let location = verify(edge, route, token, kind, hit.now_secs())
         .ok()
         .and_then(|claims| {
             let location = claims

@@ -283,3 +283,10 @@ async fn a_lease_drops_its_records_past_retention_before_a_send() {
     assert!(spool.guard().leased.is_empty());
     writer.finish().await;
 }
+
+#[test]
+fn drop_reasons_index_their_place_in_all() {
+    for (at, reason) in DropReason::ALL.iter().enumerate() {
+        assert_eq!(reason.index(), at);
+    }
+}

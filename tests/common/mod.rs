@@ -206,19 +206,24 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The claims fixture: tenant `acme`, campaign `launch`, recipient `rcpt-1`, and a
+/// target for clicks and downloads. Tests change what they need with struct update.
 pub fn claims(kind: Kind, message: &str) -> Claims {
     Claims {
-        kind,
-        tenant: "acme".into(),
-        campaign: "launch".into(),
-        message: message.into(),
         recipient: Some("rcpt-1".into()),
         link: if kind.has_target() { 2 } else { 0 },
         target: kind
             .has_target()
             .then(|| "https://shop.example/landing?x=1".to_owned()),
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(kind, "acme", "launch", message)
+    }
+}
+
+/// [`claims`] of another recipient.
+pub fn claims_of(kind: Kind, recipient: &str, message: &str) -> Claims {
+    Claims {
+        recipient: Some(recipient.into()),
+        ..claims(kind, message)
     }
 }
 

@@ -104,15 +104,11 @@ async fn lane(load: Arc<GoodLoad>, fresh: bool, period: Duration, until: Instant
         let kind = if n % 2 == 0 { Kind::Open } else { Kind::Click };
         let target = format!("https://shop.example/landing?m={message}");
         let claims = Claims {
-            kind,
-            tenant: "acme".into(),
             campaign: "soak".into(),
-            message: message.clone(),
             recipient: Some(format!("rcpt-{n}")),
             link: u32::from(kind == Kind::Click),
             target: (kind == Kind::Click).then(|| target.clone()),
-            expires_at: None,
-            sent_at: None,
+            ..crate::common::claims(kind, &message)
         };
         let path = trackedge::mint_url("", &load.keys, &claims).expect("sign");
         let request =

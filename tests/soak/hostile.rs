@@ -373,17 +373,13 @@ async fn send(
 
 fn claims(kind: Kind, message: String) -> Claims {
     Claims {
-        kind,
-        tenant: "acme".into(),
         campaign: "hostile".into(),
-        message,
         recipient: None,
         link: 1,
         target: kind
             .has_target()
             .then(|| "https://evil.example/".to_owned()),
-        expires_at: None,
-        sent_at: None,
+        ..crate::common::claims(kind, &message)
     }
 }
 
