@@ -37,7 +37,7 @@ use crate::shutdown::{self, Signal, Trigger};
 use crate::spool::Spool;
 use crate::store::Seq;
 pub use retry::Outcome;
-use retry::{backoff, Circuit, Permit, FAILURE_REASONS};
+use retry::{backoff, Circuit, Permit};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -49,6 +49,9 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome>;
+
+    /// Every `reason` this sink's outcomes can carry: the failure metric's labels.
+    fn failure_reasons(&self) -> &'static [&'static str];
 }
 
 /// One batch of spooled records, encoded for the sinks.
@@ -157,13 +160,13 @@ impl Forwarder {
             circuit: Mutex::new(Circuit::new(config.circuit_failures, config.circuit_open)),
             last_error: Mutex::new(None),
         });
-        for reason in FAILURE_REASONS {
-            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).absolute(0);
-        }
         // With no sink nothing runs, so nothing registers for readiness.
         let Some(sink) = sink else {
             return Ok(Forwarder { status, task: None });
         };
+        for reason in sink.failure_reasons().iter().chain(&["corrupt_record"]) {
+            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => *reason).absolute(0);
+        }
         let heartbeat = health.register("forwarder", deadline);
         let (finish, finishing) = shutdown::channel();
         let pipeline = Arc::new(Pipeline {

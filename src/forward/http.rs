@@ -27,6 +27,17 @@ use crate::config::HttpSinkConfig;
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// The most of an upstream's answer body read (to reuse the connection).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// What [`classify_status`] gives (`STATUS_REASONS`), and the connection's failures.
+const FAILURE_REASONS: [&str; 8] = [
+    "status_408",
+    "status_429",
+    "status_5xx",
+    "status_3xx",
+    "status_4xx",
+    "connect",
+    "timeout",
+    "io",
+];
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -250,5 +261,22 @@ impl Sink for HttpSink {
 
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         Box::pin(self.attempt(batch))
+    }
+
+    fn failure_reasons(&self) -> &'static [&'static str] {
+        &FAILURE_REASONS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::retry::STATUS_REASONS;
+    use super::*;
+
+    #[test]
+    fn every_status_reason_is_a_failure_reason() {
+        for reason in STATUS_REASONS {
+            assert!(FAILURE_REASONS.contains(&reason), "{reason}");
+        }
     }
 }

@@ -129,6 +129,10 @@ fn outcome_of(err: &KafkaError) -> Outcome {
 }
 
 impl Sink for KafkaSink {
+    fn failure_reasons(&self) -> &'static [&'static str] {
+        &["io", "kafka_rejected", "timeout", "kafka_error"]
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         Box::pin(self.publish(batch))
     }
