@@ -150,6 +150,7 @@ fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
                 timeout: Duration::from_secs(10),
                 ca_file: None,
                 gzip,
+                signing_secret_file: None,
             }),
             max_batch_events: NonZeroUsize::new(1000).expect("non-zero"),
             max_batch_bytes: 1 << 20,

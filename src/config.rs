@@ -183,6 +183,7 @@ pub struct RawHttpSink {
     pub timeout_ms: u64,
     pub ca_file: String,
     pub gzip: bool,
+    pub signing_secret_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -508,6 +509,7 @@ impl Default for RawHttpSink {
             timeout_ms: 10_000,
             ca_file: String::new(),
             gzip: true,
+            signing_secret_file: String::new(),
         }
     }
 }
@@ -780,6 +782,8 @@ pub struct HttpSinkConfig {
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub gzip: bool,
+    /// Standard Webhooks secrets that sign every batch (see `forward::signing`).
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1400,6 +1404,7 @@ fn validate_http_sink(raw: RawHttpSink) -> Result<HttpSinkConfig, ConfigError> {
         timeout: millis("forward.http.timeout_ms", raw.timeout_ms, 1)?,
         ca_file: non_empty(raw.ca_file).map(PathBuf::from),
         gzip: raw.gzip,
+        signing_secret_file: non_empty(raw.signing_secret_file).map(PathBuf::from),
     })
 }
 

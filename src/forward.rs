@@ -16,6 +16,7 @@ mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod retry;
+pub mod signing;
 
 use std::future::Future;
 use std::io::Write;

@@ -110,12 +110,20 @@ async fn admin_call(server: &TestServer, method: &str, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exported_metric_is_documented_and_promtool_finds_nothing() {
     let upstream = Upstream::start(Mode::Status500).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("webhook.secret");
+    std::fs::write(
+        &secret_file,
+        format!("whsec_{}\n", "c2lnbmluZy1zZWNyZXQtb2YtMzItYnl0ZXMtLS0tLS0="),
+    )
+    .unwrap();
     let server = TestServer::start(&format!(
         "[forward]\nsink = \"http\"\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n\
-         circuit_failures = 1000\n[forward.http]\nurl = \"{}\"\n\
+         circuit_failures = 1000\n[forward.http]\nurl = \"{}\"\nsigning_secret_file = {:?}\n\
          [privacy]\ndnt_policy = \"drop\"\nself_open_window_secs = 3600\n\
          self_open_policy = \"drop\"\n",
-        upstream.url()
+        upstream.url(),
+        secret_file
     ));
     let public = server.public;
     let status = |path: String, headers: Vec<(&'static str, String)>, method: &'static str| async move {
