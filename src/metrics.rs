@@ -33,6 +33,8 @@ pub const SPOOL_BYTES: &str = "trackedge_spool_bytes";
 pub const SPOOL_DISK_BYTES: &str = "trackedge_spool_disk_bytes";
 pub const SPOOL_OLDEST_AGE_SECONDS: &str = "trackedge_spool_oldest_age_seconds";
 pub const SPOOL_DEAD_LETTERS: &str = "trackedge_spool_dead_letters";
+pub const SPOOL_MAX_BYTES: &str = "trackedge_spool_max_bytes";
+pub const SPOOL_MAX_AGE_SECONDS: &str = "trackedge_spool_max_age_seconds";
 pub const SPOOL_BATCHES_WRITTEN_TOTAL: &str = "trackedge_spool_batches_written_total";
 pub const SPOOL_FLUSH_DURATION_SECONDS: &str = "trackedge_spool_flush_duration_seconds";
 pub const FORWARD_EVENTS_TOTAL: &str = "trackedge_forward_events_total";
@@ -187,6 +189,16 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         SPOOL_DEAD_LETTERS,
         MetricKind::Gauge,
         "Events held in the dead-letter tree (refused for good by the sink, or unreadable).",
+    ),
+    (
+        SPOOL_MAX_BYTES,
+        MetricKind::Gauge,
+        "spool.max_bytes: past it full_policy drops events.",
+    ),
+    (
+        SPOOL_MAX_AGE_SECONDS,
+        MetricKind::Gauge,
+        "retention.max_age_secs: events and dead letters older than this are deleted.",
     ),
     (
         SPOOL_BATCHES_WRITTEN_TOTAL,

@@ -296,6 +296,9 @@ pub fn start(
         drop_log: RateLimitedLog::default(),
     };
     spool.publish_gauges();
+    // The bounds themselves, so alerts can say how close the spool is to them.
+    metrics::gauge!(m::SPOOL_MAX_BYTES).set(config.max_bytes as f64);
+    metrics::gauge!(m::SPOOL_MAX_AGE_SECONDS).set(config.max_age.as_secs_f64());
     metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
     let thread = std::thread::Builder::new()
         .name("spool-writer".into())
