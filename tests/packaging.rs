@@ -203,3 +203,27 @@ fn license_and_changelog_ship_with_the_source() {
     assert!(changelog.contains("## Unreleased"));
     assert!(changelog.contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn the_client_ip_recipes_are_valid_config() {
+    use trackedge::config::{Config, Overrides};
+    let page = std::fs::read_to_string(Path::new(ROOT).join("docs/client-ip.md")).unwrap();
+    let blocks: Vec<&str> = page
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    let mut checked = 0;
+    for block in blocks {
+        // The generic shape at the top and CloudFront's generated list are templates.
+        if block.contains("...") || !block.contains("trusted_proxies = [") {
+            continue;
+        }
+        let config = Config::from_toml_str(block, &Overrides::default())
+            .unwrap_or_else(|err| panic!("{err}\n{block}"));
+        assert!(!config.client_ip.trusted_proxies.is_empty(), "{block}");
+        checked += 1;
+    }
+    // nginx, HAProxy, Cloudflare, Fastly.
+    assert_eq!(checked, 4);
+}
