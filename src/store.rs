@@ -26,6 +26,9 @@ pub enum StoreError {
     /// sled holds an exclusive lock on the directory while it is open.
     #[error("the directory is locked: another trackedge may be using it (stop that one, or give this one its own data_dir or spool.dir)")]
     Locked,
+    /// A storage task on the blocking pool panicked or was cancelled.
+    #[error("spool storage task failed")]
+    TaskFailed,
 }
 
 /// sled 0.34 reports a lock held by another process only in the message of an
@@ -89,6 +92,11 @@ impl Store {
     pub fn append(&self, seq: Seq, value: Vec<u8>) -> Result<(), StoreError> {
         self.events.insert(key(seq), value)?;
         Ok(())
+    }
+
+    /// The value under `seq`, if it is still there.
+    pub fn get(&self, seq: Seq) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.events.get(key(seq))?)
     }
 
     /// Replaces the value under `seq` if it is still there; returns the old value.
