@@ -123,9 +123,16 @@ async fn receiver(received: Arc<AtomicU64>) -> std::net::SocketAddr {
     addr
 }
 
-/// Fills a spool with `EVENTS` events, then times the forwarder draining it.
-fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
+/// Fills a spool with `EVENTS` events, then times the forwarder draining it (each
+/// batch signed with one Standard Webhooks secret when `signed`).
+fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool, signed: bool) -> Duration {
     let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(
+        &secret_file,
+        "whsec_c2lnbmluZy1zZWNyZXQtb2YtMzItYnl0ZXMtLS0tLS0=\n",
+    )
+    .expect("secret file");
     let health = Health::new();
     let (sender, writer, spool) = trackedge::spool::start(
         &spool_config(dir.path(), Durability::Interval(Duration::from_millis(100))),
@@ -147,6 +154,7 @@ fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
                 timeout: Duration::from_secs(10),
                 ca_file: None,
                 gzip,
+                signing_secret_file: signed.then(|| secret_file.clone()),
             }),
             max_batch_events: NonZeroUsize::new(1000).expect("non-zero"),
             max_batch_bytes: 1 << 20,
@@ -199,10 +207,17 @@ fn spool(c: &mut Criterion) {
         })
     });
     group.bench_function("forward_http_gzip", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, true)).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, true, false)).sum())
     });
     group.bench_function("forward_http_plain", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, false)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| forward_run(&runtime, false, false))
+                .sum()
+        })
+    });
+    group.bench_function("forward_http_plain_signed", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, false, true)).sum())
     });
     group.finish();
     let (_, disk) = append_run(&runtime, Durability::Interval(Duration::from_millis(100)));

@@ -115,7 +115,7 @@ async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBod
         (["healthz"], &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n".into()),
         (["readyz"], &Method::GET | &Method::HEAD) => readiness(admin),
         (["metrics"], &Method::GET | &Method::HEAD) => {
-            let mut response = text(StatusCode::OK, admin.prometheus.render());
+            let mut response = text(StatusCode::OK, m::render(&admin.prometheus));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

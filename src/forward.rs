@@ -16,6 +16,7 @@ mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod retry;
+pub mod signing;
 
 use std::future::Future;
 use std::io::Write;
@@ -49,6 +50,9 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome>;
+
+    /// Every failure this sink's outcomes can carry: the failure metric's labels.
+    fn failure_reasons(&self) -> &'static [Failure];
 }
 
 /// One batch of spooled records, encoded for the sinks.
@@ -173,13 +177,17 @@ impl Forwarder {
             circuit: Mutex::new(Circuit::new(config.circuit_failures, config.circuit_open)),
             last_error: Mutex::new(None),
         });
-        for reason in Failure::ALL {
-            reason.counter().absolute(0);
-        }
         // With no sink nothing runs, so nothing registers for readiness.
         let Some(sink) = sink else {
             return Ok(Forwarder { status, task: None });
         };
+        for reason in sink
+            .failure_reasons()
+            .iter()
+            .chain(&[Failure::CorruptRecord])
+        {
+            reason.counter().absolute(0);
+        }
         let heartbeat = health.register("forwarder", deadline);
         let (finish, finishing) = shutdown::channel();
         let pipeline = Arc::new(Pipeline {

@@ -173,16 +173,23 @@ impl Keys {
     }
 
     fn publish_ids(&self, old: Option<&KeyRing>) {
+        let ring = self.current.load();
         if let Some(old) = old {
-            for id in old.ids() {
+            // Ids still in the new ring are set back to 1 below; only set what
+            // changed to 0, so a scrape in between never sees a key flap.
+            for id in old.ids().filter(|id| !ring.ids().any(|new| new == *id)) {
                 metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(0.0);
             }
+            let id = old.signing_key().id();
+            if id != ring.signing_key().id() {
+                metrics::gauge!(m::TOKEN_SIGNING_KEY_INFO, "key_id" => id.to_string()).set(0.0);
+            }
         }
-        let ring = self.current.load();
         for id in ring.ids() {
             metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(1.0);
         }
-        metrics::gauge!(m::TOKEN_SIGNING_KEY_ID).set(f64::from(ring.signing_key().id()));
+        let id = ring.signing_key().id().to_string();
+        metrics::gauge!(m::TOKEN_SIGNING_KEY_INFO, "key_id" => id).set(1.0);
     }
 }
 

@@ -412,6 +412,9 @@ pub fn start(
         dropped: dropped.clone(),
         drop_log: Mutex::new(RateLimitedLog::default()),
     });
+    // The bounds themselves, so alerts can say how close the spool is to them.
+    metrics::gauge!(m::SPOOL_MAX_BYTES).set(config.max_bytes as f64);
+    metrics::gauge!(m::SPOOL_MAX_AGE_SECONDS).set(config.max_age.as_secs_f64());
     let (channel, receiver) = sync_channel(config.channel_capacity.get());
     let depth = Arc::new(AtomicUsize::new(0));
     let writer = Writer::start(

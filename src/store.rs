@@ -23,9 +23,18 @@ pub type Bytes = sled::IVec;
 pub enum StoreError {
     #[error("spool storage: {0}")]
     Engine(#[from] sled::Error),
+    /// sled holds an exclusive lock on the directory while it is open.
+    #[error("the directory is locked: another trackedge may be using it (stop that one, or give this one its own data_dir or spool.dir)")]
+    Locked,
     /// A storage task on the blocking pool panicked or was cancelled.
     #[error("spool storage task failed")]
     TaskFailed,
+}
+
+/// sled 0.34 reports a lock held by another process only in the message of an
+/// `ErrorKind::Other` I/O error (a unit test pins it).
+fn is_lock_conflict(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
 #[derive(Clone)]
@@ -52,7 +61,14 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|err| {
+                if is_lock_conflict(&err) {
+                    StoreError::Locked
+                } else {
+                    StoreError::Engine(err)
+                }
+            })?;
         Ok(Store {
             events: db.open_tree("events")?,
             dead: db.open_tree("dead_letters")?,
@@ -228,6 +244,20 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_open_of_a_held_directory_says_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open(dir.path());
+        let err = match Store::open(dir.path(), 8 << 20) {
+            Ok(_) => panic!("opened a directory another handle holds"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, StoreError::Locked), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("another trackedge may be using it"));
+    }
 
     /// Opens, waiting (bounded) for the previous handle's background threads to let
     /// go of the directory lock: sled releases it asynchronously after a drop.

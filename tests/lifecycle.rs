@@ -1,4 +1,5 @@
-//! Graceful shutdown, the command line (check-config, sign), and the metrics API.
+//! Graceful shutdown, the command line (check-config, sign), and the metrics token
+//! (the metrics themselves: tests/metrics.rs).
 
 mod common;
 
@@ -273,36 +274,6 @@ async fn sign_prints_a_url_the_running_server_answers() {
         assert!(!output.status.success(), "{bad:?} was signed");
         assert!(!output.stderr.is_empty());
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_metric_is_exported() {
-    let server = TestServer::start("");
-    let open = server.path_for(&claims(Kind::Open, "m"));
-    assert_eq!(
-        send(server.public, Version::HTTP_11, request("GET", &open))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(get(server.public, "/c/garbage").await.status(), 404);
-    assert_eq!(get(server.admin, "/readyz").await.status(), 200);
-    // The writer publishes its queue depth and written count within a flush interval.
-    let written = common::eventually(Duration::from_secs(10), || async {
-        server.metric("trackedge_events_written_total").await >= 1.0
-    })
-    .await;
-    assert!(written);
-    let text = server.metrics().await;
-    for &(name, _, _) in trackedge::metrics::ALL {
-        assert!(
-            text.lines().any(|line| line.starts_with(name)),
-            "{name} missing from /metrics"
-        );
-    }
-    assert!(text.contains("trackedge_token_failures_total{route=\"click\",reason=\"malformed\"} 1"));
-    assert!(text.contains("trackedge_http_requests_total{route=\"pixel\",status=\"2xx\"} 1"));
-    assert!(text.contains("trackedge_http_request_duration_seconds_bucket{route=\"pixel\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,10 +178,21 @@ async fn rotated_keys_keep_old_urls_working_until_the_old_key_is_removed() {
     // Rotate by file change: the new key signs, the old one still verifies.
     std::fs::write(&key_file, format!("{NEW_KEY}\n{OLD_KEY}\n")).unwrap();
     let rotated = eventually(Duration::from_secs(10), || async {
-        server.metric("trackedge_token_signing_key_id").await == 2.0
+        server
+            .metric("trackedge_token_signing_key_info{key_id=\"2\"}")
+            .await
+            == 1.0
     })
     .await;
     assert!(rotated, "the key file change was not picked up");
+    assert_eq!(
+        common::metric_value(
+            &server.metrics().await,
+            "trackedge_token_signing_key_info{key_id=\"1\"}"
+        ),
+        Some(0.0),
+        "the key that signed before is no longer the signing key"
+    );
     let new_ring = trackedge::keys::load(&key_file, false).unwrap();
     let new_url = trackedge::mint_url("", &new_ring, &claims(Kind::Click, "new")).unwrap();
     assert_eq!(get(server.public, &new_url).await.status(), 302);

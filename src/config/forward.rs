@@ -45,6 +45,7 @@ struct RawHttpSink {
     timeout_ms: u64,
     ca_file: String,
     gzip: bool,
+    signing_secret_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +121,8 @@ pub struct HttpSinkConfig {
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub gzip: bool,
+    /// Standard Webhooks secrets that sign every batch (see `forward::signing`).
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 impl RawForward {
@@ -256,6 +259,7 @@ impl RawHttpSink {
             timeout: millis("forward.http.timeout_ms", self.timeout_ms, 1)?,
             ca_file: non_empty(self.ca_file).map(PathBuf::from),
             gzip: self.gzip,
+            signing_secret_file: non_empty(self.signing_secret_file).map(PathBuf::from),
         })
     }
 }

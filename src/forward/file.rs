@@ -90,6 +90,10 @@ impl State {
 }
 
 impl Sink for FileSink {
+    fn failure_reasons(&self) -> &'static [Failure] {
+        &[Failure::Io]
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         let state = self.state.clone();
         let lines = batch.ndjson.clone();

@@ -129,6 +129,15 @@ fn outcome_of(err: &KafkaError) -> Outcome {
 }
 
 impl Sink for KafkaSink {
+    fn failure_reasons(&self) -> &'static [Failure] {
+        &[
+            Failure::Io,
+            Failure::KafkaRejected,
+            Failure::Timeout,
+            Failure::KafkaError,
+        ]
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         Box::pin(self.publish(batch))
     }

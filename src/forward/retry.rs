@@ -100,6 +100,15 @@ pub fn classify_status(status: http::StatusCode, retry_after: Option<Duration>) 
     }
 }
 
+/// Every failure [`classify_status`] gives.
+pub const STATUS_FAILURES: [Failure; 5] = [
+    Failure::Status408,
+    Failure::Status429,
+    Failure::Status5xx,
+    Failure::Status3xx,
+    Failure::Status4xx,
+];
+
 /// `Retry-After` in delta-seconds (HTTP dates are rare from APIs and ignored),
 /// capped so a confused upstream cannot park the forwarder for a day.
 pub fn parse_retry_after(value: &[u8], cap: Duration) -> Option<Duration> {
@@ -192,6 +201,19 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_reason_is_listed() {
+        for code in 100..=599 {
+            let status = http::StatusCode::from_u16(code).unwrap();
+            match classify_status(status, None) {
+                Outcome::Delivered => {}
+                Outcome::Retry { reason, .. } | Outcome::Rejected { reason } => {
+                    assert!(STATUS_FAILURES.contains(&reason), "{code}: {reason:?}")
+                }
+            }
+        }
+    }
     use http::StatusCode;
 
     #[test]

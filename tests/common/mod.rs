@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mmdb;
+pub mod tools;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
