@@ -41,6 +41,7 @@ pub const FORWARD_FAILURES_TOTAL: &str = "trackedge_forward_failures_total";
 pub const FORWARD_DEAD_LETTERS_TOTAL: &str = "trackedge_forward_dead_letters_total";
 pub const FORWARD_LATENCY_SECONDS: &str = "trackedge_forward_latency_seconds";
 pub const FORWARD_IN_FLIGHT_BATCHES: &str = "trackedge_forward_in_flight_batches";
+pub const FORWARD_SINK_STATE_CHANGES_TOTAL: &str = "trackedge_forward_sink_state_changes_total";
 pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
 pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
 pub const PRIVACY_NOT_RECORDED_TOTAL: &str = "trackedge_privacy_not_recorded_total";
