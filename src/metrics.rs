@@ -28,6 +28,7 @@ pub const EVENTS_EMITTED_TOTAL: &str = "trackedge_events_emitted_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "trackedge_events_dropped_total";
 pub const EVENTS_WRITTEN_TOTAL: &str = "trackedge_events_written_total";
 pub const SPOOL_EVENTS: &str = "trackedge_spool_events";
+pub const SPOOL_STORE_SET_ASIDE_TOTAL: &str = "trackedge_spool_store_set_aside_total";
 pub const SPOOL_BYTES: &str = "trackedge_spool_bytes";
 pub const SPOOL_DISK_BYTES: &str = "trackedge_spool_disk_bytes";
 pub const SPOOL_OLDEST_AGE_SECONDS: &str = "trackedge_spool_oldest_age_seconds";
