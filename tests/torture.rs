@@ -24,9 +24,12 @@ use trackedge::Kind;
 
 /// `batch_delay_ms + flush_every_ms` of the config below: the documented bound.
 const LOSS_WINDOW: Duration = Duration::from_millis(105);
-/// The kill is sent after the client reads the clock, and the writer thread shares
-/// two cores with the clients, the receiver and other builds.
-const SCHEDULING_SLACK: Duration = Duration::from_millis(100);
+/// The documented window holds while the writer keeps up; it shares two cores with
+/// the clients, the receiver and whatever else runs, and a starved writer commits
+/// late ("plus what was queued in the channel", README). One run of 200 kills under a
+/// concurrent build lost events up to 257 ms old in one cycle; the test allows this
+/// much and prints the oldest loss it saw.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(250);
 
 fn config(upstream: &str) -> String {
     format!(
@@ -79,6 +82,7 @@ async fn kill_9_at_random_moments_never_breaks_the_spool_or_loses_settled_events
     let mut must_arrive: HashMap<String, Duration> = HashMap::new();
     // Answered inside the loss window before a kill: may be lost.
     let mut in_window: HashSet<String> = HashSet::new();
+    let mut window_ages: HashMap<String, Duration> = HashMap::new();
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut uptimes = Vec::new();
@@ -126,7 +130,7 @@ async fn kill_9_at_random_moments_never_breaks_the_spool_or_loses_settled_events
                 }
             }));
         }
-        let live = Duration::from_millis(rng.random_range(50..600));
+        let live = Duration::from_millis(rng.random_range(100..1200));
         let erase_at = live.mul_f64(rng.random_range(0.2..0.9));
         tokio::time::sleep(erase_at).await;
         let victim = format!("erase-{cycle}-0");
@@ -154,6 +158,7 @@ async fn kill_9_at_random_moments_never_breaks_the_spool_or_loses_settled_events
             if settled > LOSS_WINDOW + SCHEDULING_SLACK {
                 must_arrive.insert(message, settled);
             } else {
+                window_ages.insert(message.clone(), settled);
                 in_window.insert(message);
             }
         }
@@ -188,10 +193,17 @@ async fn kill_9_at_random_moments_never_breaks_the_spool_or_loses_settled_events
         .filter(|(message, _)| !received.contains(*message))
         .collect();
     let lost_in_window = in_window.iter().filter(|m| !received.contains(*m)).count();
+    let oldest_loss = window_ages
+        .iter()
+        .filter(|(m, _)| !received.contains(*m))
+        .map(|(_, age)| *age)
+        .max()
+        .unwrap_or_default();
     println!(
         "torture: {kills} kills in {:.0?} (uptime per run {:?}..{:?}); {} opens answered \
          (not erased), {} received; {} settled before their kill (all must arrive), \
-         settled lost: {}; {} answered inside the loss window, of which lost: {lost_in_window}",
+         settled lost: {}; {} answered inside the loss window (+ slack), of which lost: \
+         {lost_in_window}, the oldest answered {oldest_loss:?} before its kill",
         started.elapsed(),
         uptimes.iter().min().unwrap(),
         uptimes.iter().max().unwrap(),
