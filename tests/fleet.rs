@@ -516,7 +516,7 @@ fn a_balanced_fleet_keeps_every_hit_and_every_message_on_one_edge() {
 
     // Three edges, each with its own data dir and a copy of the key file.
     let edge_bin = PathBuf::from(common::BIN);
-    let mut edge_index = vec![0; EDGES + 1];
+    let mut edge_index = [0usize; EDGES + 1];
     let start_edge = |fleet: &mut Fleet, k: usize, run: u32| -> usize {
         let data = dir.join(format!("edge-{k}"));
         std::fs::create_dir_all(&data).unwrap();
@@ -548,8 +548,8 @@ fn a_balanced_fleet_keeps_every_hit_and_every_message_on_one_edge() {
         wait_listening(&mut fleet.children[index], &format!("edge {k}"));
         index
     };
-    for k in 1..=EDGES {
-        edge_index[k] = start_edge(&mut fleet, k, 0);
+    for (k, slot) in edge_index.iter_mut().enumerate().skip(1) {
+        *slot = start_edge(&mut fleet, k, 0);
     }
 
     // nginx in the hub.
@@ -624,17 +624,13 @@ fn a_balanced_fleet_keeps_every_hit_and_every_message_on_one_edge() {
     );
 
     // Graceful stops deliver what the edges hold; then the collector stops growing.
-    for k in 1..=EDGES {
-        let pid = fleet.children[edge_index[k]].id().to_string();
+    for &index in &edge_index[1..] {
+        let pid = fleet.children[index].id().to_string();
         run("kill", &["-TERM", &pid]).expect("SIGTERM");
     }
-    for k in 1..=EDGES {
+    for (k, &index) in edge_index.iter().enumerate().skip(1) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while fleet.children[edge_index[k]]
-            .try_wait()
-            .expect("edge")
-            .is_none()
-        {
+        while fleet.children[index].try_wait().expect("edge").is_none() {
             assert!(Instant::now() < deadline, "edge {k} did not stop");
             std::thread::sleep(Duration::from_millis(50));
         }
