@@ -4,7 +4,8 @@
 # against a release build (cargo build --release -p trackedge -p trackedge-loadtest).
 # With TANSU=/path/to/tansu and a build with `--features kafka`, a third phase fills
 # the spool again and drains it into a local tansu broker (3 partitions).
-# Binds 127.0.0.1:18080, :19090 and :19092 while it runs.
+# BATCH and BATCH_BYTES set forward.max_batch_events and max_batch_bytes (defaults
+# 1000 and 1 MiB). Binds 127.0.0.1:18080, :19090 and :19092 while it runs.
 set -euo pipefail
 B=${B:-target/release}
 W=$(mktemp -d)
@@ -19,6 +20,8 @@ enabled = false
 city_db = "$W/geo.mmdb"
 [forward]
 sink = "$1"
+max_batch_events = ${BATCH:-1000}
+max_batch_bytes = ${BATCH_BYTES:-1048576}
 EOC
 }
 conf none > $W/none.toml; conf file > $W/file.toml
