@@ -79,7 +79,7 @@ fn hot_path(c: &mut Criterion) {
             .expect("default config")
             .privacy,
         dir.path(),
-        trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
+        spool.suppressions().expect("suppressions"),
     )
     .expect("privacy");
     let config = trackedge::config::Config::from_toml_str("", &Default::default()).expect("config");

@@ -18,40 +18,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use trackedge::config::{
     Durability, ForwardConfig, FullPolicy, HttpSinkConfig, SinkConfig, SpoolConfig,
 };
-use trackedge::event::{now_ms, Event, EventId, EventKind, SCHEMA_VERSION};
+use trackedge::event::{now_ms, Event, EventId};
 use trackedge::forward::Forwarder;
 use trackedge::health::Health;
-use trackedge::Kind;
+use trackedge::{Claims, Kind};
 
 const EVENTS: u64 = 20_000;
 
+/// A realistic click: about the size of a real event on the wire.
 fn event(n: u64) -> Event {
-    Event {
-        v: SCHEMA_VERSION,
-        id: EventId(u128::from(n)),
-        ts: now_ms(),
-        kind: EventKind::Tracked(Kind::Click),
+    let claims = Claims {
+        kind: Kind::Click,
         tenant: "acme".into(),
         campaign: "spring-2026".into(),
         message: format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
         recipient: Some("r-8f14e45f".into()),
         link: 3,
         target: Some("https://shop.example.com/spring/sale?utm_source=email".into()),
-        ip: Some("203.0.113.0".into()),
-        geo: None,
-        asn: None,
-        ua: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148".into()),
-        client: None,
-        class: trackedge::enrich::classify::Class::HUMAN,
-        class_reason: "no_signal".into(),
-        first: true,
-        dnt: false,
-        gpc: false,
-        head: false,
-        self_open: false,
-        rate_limited: false,
-        node: "bench".into(),
-    }
+        expires_at: None,
+        sent_at: None,
+    };
+    let mut event = Event::of_claims(
+        claims,
+        EventId(u128::from(n)),
+        now_ms(),
+        "no_signal".into(),
+        "bench".into(),
+    );
+    event.ip = Some("203.0.113.0".into());
+    event.ua = Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148".into());
+    event.first = true;
+    event
 }
 
 fn spool_config(dir: &std::path::Path, durability: Durability) -> SpoolConfig {
@@ -88,7 +85,7 @@ fn append_run(runtime: &tokio::runtime::Runtime, durability: Durability) -> (Dur
     }
     let elapsed = started.elapsed();
     runtime.block_on(writer.finish());
-    let disk = spool.store.size_on_disk();
+    let disk = spool.snapshot().disk_bytes;
     (elapsed, disk)
 }
 

@@ -239,6 +239,11 @@ impl Enricher {
     pub fn has_databases(&self) -> bool {
         self.databases().next().is_some()
     }
+
+    /// Whether an ASN database is loaded (ASN rules and exemptions need one).
+    pub fn has_asn_db(&self) -> bool {
+        self.asn.is_some()
+    }
 }
 
 impl crate::reload::Reloadable for Enricher {

@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 use crate::enrich::classify::Class;
 use crate::enrich::geo::{Asn, Geo};
 use crate::enrich::ua::Client;
-use crate::token::Kind;
+use crate::token::{Claims, Kind};
 
 pub const SCHEMA_VERSION: u8 = 1;
 
@@ -64,7 +64,101 @@ pub struct Event {
     /// field is left out when false.
     #[serde(skip_serializing_if = "is_false")]
     pub rate_limited: bool,
+    /// Set on an unsubscribe recorded although tracking was refused, to say why
+    /// (`opted_out`, `suppressed`, `do_not_track`, `self_open`): such an event keeps
+    /// its ids and time only. Left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_tracked: Option<&'static str>,
     pub node: Arc<str>,
+}
+
+impl Event {
+    /// The event of `claims` answered at `ts`, with nothing about the client yet
+    /// (the request path adds what the privacy policy allows).
+    pub fn of_claims(
+        claims: Claims,
+        id: EventId,
+        ts: u64,
+        class_reason: Arc<str>,
+        node: Arc<str>,
+    ) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            id,
+            ts,
+            kind: EventKind::Tracked(claims.kind),
+            tenant: claims.tenant,
+            campaign: claims.campaign,
+            message: claims.message,
+            recipient: claims.recipient,
+            link: claims.link,
+            target: claims.target,
+            ip: None,
+            geo: None,
+            asn: None,
+            ua: None,
+            client: None,
+            class: Class::HUMAN,
+            class_reason,
+            first: false,
+            dnt: false,
+            gpc: false,
+            head: false,
+            self_open: false,
+            rate_limited: false,
+            not_tracked: None,
+            node,
+        }
+    }
+
+    /// The record that tells the upstream a recipient's data was erased here (not a
+    /// hit: the class fields only keep the schema uniform).
+    pub fn erasure(id: EventId, ts: u64, tenant: &str, recipient: &str, node: Arc<str>) -> Event {
+        let mut event = Event::of_claims(
+            Claims {
+                kind: Kind::Open,
+                tenant: tenant.to_owned(),
+                campaign: String::new(),
+                message: String::new(),
+                recipient: Some(recipient.to_owned()),
+                link: 0,
+                target: None,
+                expires_at: None,
+                sent_at: None,
+            },
+            id,
+            ts,
+            Arc::from("erasure_record"),
+            node,
+        );
+        event.kind = EventKind::Erasure;
+        event
+    }
+
+    /// A small first open of message `m{n}` for tests and benches.
+    #[doc(hidden)]
+    pub fn sample(n: u128, ts: u64) -> Event {
+        let claims = Claims {
+            kind: Kind::Open,
+            tenant: "t".into(),
+            campaign: "c".into(),
+            message: format!("m{n}"),
+            recipient: None,
+            link: 0,
+            target: None,
+            expires_at: None,
+            sent_at: None,
+        };
+        let mut event = Event::of_claims(
+            claims,
+            EventId(n),
+            ts,
+            Arc::from("no_signal"),
+            Arc::from("n"),
+        );
+        event.first = true;
+        event
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -261,6 +355,7 @@ mod tests {
             head: false,
             self_open: false,
             rate_limited: false,
+            not_tracked: None,
             node: "edge-1".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

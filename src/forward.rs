@@ -32,9 +32,8 @@ use crate::config::{ForwardConfig, SinkConfig};
 use crate::event::now_ms;
 use crate::health::{Health, Heartbeat};
 use crate::metrics as m;
-use crate::record;
 use crate::shutdown::{self, Signal, Trigger};
-use crate::spool::Spool;
+use crate::spool::{Lease, Spool};
 use crate::store::Seq;
 pub use retry::Outcome;
 use retry::{backoff, Circuit, Permit, FAILURE_REASONS};
@@ -61,8 +60,6 @@ pub trait Sink: Send + Sync + 'static {
 pub struct Batch {
     /// Stable across retries of this batch: `<node>-<first seq>-<last seq>`.
     pub id: String,
-    /// The spool segments it holds, removed together on acknowledgement.
-    pub seqs: Vec<Seq>,
     /// Event times (unix ms), for the forward latency metric.
     pub event_ts: Vec<u64>,
     /// One JSON event per line.
@@ -126,6 +123,20 @@ impl ForwardStatus {
             consecutive_failures: failures,
             last_error: *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
         }
+    }
+}
+
+/// Builds the configured sink as [`Forwarder::start`] would (reading its files, such
+/// as a CA bundle), without sending anything; the file sink's output is only opened
+/// when serving.
+pub fn check_sink(config: &ForwardConfig) -> Result<(), ForwardError> {
+    match &config.sink {
+        SinkConfig::None | SinkConfig::File(_) => Ok(()),
+        SinkConfig::Http(http) => http::HttpSink::new(http).map(drop).map_err(Into::into),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(kafka) => kafka::KafkaSink::new(kafka).map(drop).map_err(Into::into),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => Err(ForwardError::KafkaNotBuilt),
     }
 }
 
@@ -222,9 +233,6 @@ struct Pipeline {
     latency: Histogram,
 }
 
-/// Spool segments read at once when building a batch.
-const SEGMENTS_PER_READ: usize = 64;
-
 /// How often the loop looks at the spool without a wake-up (also its heartbeat).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -241,11 +249,11 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     loop {
         heartbeat.beat();
         while lanes.len() < max_lanes {
-            match next_batch(&pipeline, cursor).await {
-                Some(batch) => {
-                    cursor = batch.seqs.last().map_or(cursor, |last| last + 1);
+            match next_lease(&pipeline, cursor).await {
+                Some((lease, next)) => {
+                    cursor = next;
                     let pipeline = pipeline.clone();
-                    lanes.spawn(async move { pipeline.deliver(batch).await });
+                    lanes.spawn(async move { pipeline.deliver(lease).await });
                 }
                 None => break,
             }
@@ -267,12 +275,23 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     }
 }
 
-/// Reads and encodes the next batch at or after `from`; `None` when there is none.
-async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
-    let reader = pipeline.clone();
-    let read = tokio::task::spawn_blocking(move || reader.read_batch(from)).await;
+/// Leases the next batch at or after `from`, and where the read after it starts.
+async fn next_lease(pipeline: &Arc<Pipeline>, from: Seq) -> Option<(Lease, Seq)> {
+    let spool = pipeline.spool.clone();
+    let (max_events, max_bytes) = (
+        pipeline.config.max_batch_events.get(),
+        pipeline.config.max_batch_bytes,
+    );
+    let read = tokio::task::spawn_blocking(move || spool.lease(from, max_events, max_bytes)).await;
     match read {
-        Ok(Ok(batch)) => batch,
+        Ok(Ok(leased)) => {
+            if leased.corrupt_segments > 0 {
+                pipeline.dead_lettered.increment(leased.corrupt_events);
+                metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
+                    .increment(leased.corrupt_segments);
+            }
+            leased.lease.map(|lease| (lease, leased.next))
+        }
         Ok(Err(err)) => {
             tracing::error!(error = %err, "cannot read the spool; forwarding paused");
             None
@@ -281,65 +300,54 @@ async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
     }
 }
 
+/// Runs blocking spool work on a lease; `None` if the task itself failed (the lease
+/// is then released, and its segments are sent again after the next start).
+async fn on_lease<T: Send + 'static>(
+    lease: Lease,
+    work: impl FnOnce(&mut Lease) -> T + Send + 'static,
+) -> Option<(Lease, T)> {
+    tokio::task::spawn_blocking(move || {
+        let mut lease = lease;
+        let out = work(&mut lease);
+        (lease, out)
+    })
+    .await
+    .ok()
+}
+
 impl Pipeline {
-    /// Reads whole spool segments from `from` on until the batch holds
-    /// `max_batch_events` events or `max_batch_bytes` (always at least one segment).
-    fn read_batch(&self, from: Seq) -> Result<Option<Batch>, crate::store::StoreError> {
-        let segments =
-            self.spool
-                .store
-                .read_from(from, SEGMENTS_PER_READ, self.config.max_batch_bytes)?;
-        let Some(&(first, _)) = segments.first() else {
-            return Ok(None);
-        };
-        let mut seqs = Vec::new();
-        let mut event_ts = Vec::new();
-        let mut corrupt = Vec::new();
+    /// Encodes what the lease holds: one JSON event per line.
+    fn encode(&self, lease: &Lease) -> Batch {
+        let seqs = lease.seqs();
+        let id = format!(
+            "{}-{}-{}",
+            self.node,
+            seqs.first().copied().unwrap_or_default(),
+            seqs.last().copied().unwrap_or_default()
+        );
         let mut ndjson = Vec::new();
-        let mut last = first;
-        for (seq, bytes) in &segments {
-            if !seqs.is_empty() && event_ts.len() >= self.config.max_batch_events.get() {
-                break;
-            }
-            last = *seq;
-            match record::decode(bytes).and_then(|segment| segment.records()) {
-                Ok(records) => {
-                    for record in records {
-                        ndjson.extend_from_slice(record.json);
-                        ndjson.push(b'\n');
-                        event_ts.push(record.ts_ms);
-                    }
-                    seqs.push(*seq);
-                }
-                Err(err) => {
-                    tracing::error!(seq, error = %err, "unreadable spool segment moved to dead letters");
-                    corrupt.push(*seq);
-                }
-            }
+        let mut event_ts = Vec::with_capacity(lease.events() as usize);
+        for record in lease.records() {
+            ndjson.extend_from_slice(record.json);
+            ndjson.push(b'\n');
+            event_ts.push(record.ts_ms);
         }
-        if !corrupt.is_empty() {
-            let moved = self.spool.store.move_to_dead_letters(&corrupt)?;
-            let events = self.spool.note_dead_lettered(&moved);
-            self.dead_lettered.increment(events);
-            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
-                .increment(moved.len() as u64);
-        }
-        if seqs.is_empty() {
-            // Only unreadable segments here: look further on.
-            return self.read_batch(last + 1);
-        }
-        let id = format!("{}-{}-{}", self.node, seqs[0], last);
         let gzip = self.sink.wants_gzip().then(|| gzip(&ndjson));
-        Ok(Some(Batch {
+        Batch {
             id,
-            seqs,
             event_ts,
             ndjson: Bytes::from(ndjson),
             gzip,
-        }))
+        }
     }
 
-    async fn deliver(self: Arc<Self>, batch: Batch) {
+    /// Sends one leased batch until it is delivered or refused. Every attempt holds
+    /// the spool's send guard from its last look at the lease to the spool's update,
+    /// so an erasure either finds the batch sent and acknowledged, or rewrites it
+    /// before the attempt reads it.
+    async fn deliver(self: Arc<Self>, lease: Lease) {
+        let mut batch = self.encode(&lease);
+        let mut lease = lease;
         let mut attempt = 0u32;
         loop {
             let permit = self
@@ -352,20 +360,44 @@ impl Pipeline {
                 tokio::time::sleep(wait).await;
                 continue;
             }
+            let sending = self.spool.sending().await;
+            if lease.is_stale() {
+                let refreshed = on_lease(lease, Lease::refresh).await;
+                let Some((refreshed, changed)) = refreshed else {
+                    self.permit_unused();
+                    return;
+                };
+                lease = refreshed;
+                match changed {
+                    Ok(true) => batch = self.encode(&lease),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot re-read a leased batch; it will be sent after the next start");
+                        self.permit_unused();
+                        return;
+                    }
+                }
+                if lease.is_empty() {
+                    // Erased or expired whole: nothing is left to send.
+                    self.permit_unused();
+                    return;
+                }
+            }
             match self.sink.send(&batch).await {
                 Outcome::Delivered => {
                     self.circuit_success();
-                    self.acknowledge(&batch).await;
+                    self.acknowledge(lease, &batch).await;
                     return;
                 }
                 Outcome::Rejected { reason } => {
                     // The upstream answered, so it is alive: the circuit closes.
                     self.circuit_success();
                     self.failed(reason);
-                    self.dead_letter(&batch).await;
+                    self.dead_letter(lease, &batch).await;
                     return;
                 }
                 Outcome::Retry { reason, after } => {
+                    drop(sending);
                     self.status
                         .circuit
                         .lock()
@@ -388,6 +420,15 @@ impl Pipeline {
         }
     }
 
+    /// The permit this lane holds was not used for a send.
+    fn permit_unused(&self) {
+        self.status
+            .circuit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unused();
+    }
+
     fn circuit_success(&self) {
         self.status
             .circuit
@@ -406,24 +447,14 @@ impl Pipeline {
         tracing::debug!(reason, "forward attempt failed");
     }
 
-    async fn acknowledge(&self, batch: &Batch) {
+    async fn acknowledge(&self, lease: Lease, batch: &Batch) {
         let now = now_ms();
         for ts in &batch.event_ts {
             self.latency.record(now.saturating_sub(*ts) as f64 / 1000.0);
         }
         self.delivered_events.increment(batch.event_ts.len() as u64);
         self.delivered_batches.increment(1);
-        let spool = self.spool.clone();
-        let seqs = batch.seqs.clone();
-        match tokio::task::spawn_blocking(move || {
-            let removed = spool.store.remove(&seqs);
-            if let Ok(removed) = &removed {
-                spool.note_removed(removed);
-            }
-            removed
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || lease.acknowledge()).await {
             Ok(Ok(_)) => {}
             // The batch stays and will be sent again: at least once, never lost.
             Ok(Err(err)) => {
@@ -433,17 +464,8 @@ impl Pipeline {
         }
     }
 
-    async fn dead_letter(&self, batch: &Batch) {
-        let spool = self.spool.clone();
-        let seqs = batch.seqs.clone();
-        let moved = tokio::task::spawn_blocking(move || {
-            spool
-                .store
-                .move_to_dead_letters(&seqs)
-                .map(|moved| spool.note_dead_lettered(&moved))
-        })
-        .await;
-        match moved {
+    async fn dead_letter(&self, lease: Lease, batch: &Batch) {
+        match tokio::task::spawn_blocking(move || lease.dead_letter()).await {
             Ok(Ok(events)) => {
                 self.dead_lettered.increment(events);
                 tracing::warn!(batch = %batch.id, events, "upstream rejected a batch; moved to dead letters");

@@ -437,6 +437,7 @@ fn event(input: &mut Input) -> Event {
         head: flags & 4 != 0,
         self_open: flags & 8 != 0,
         rate_limited: flags & 16 != 0,
+        not_tracked: (flags & 32 != 0).then_some("opted_out"),
         node: Arc::from(input.text()),
     }
 }

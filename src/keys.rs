@@ -22,25 +22,25 @@ const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("config key `tokens.key_file`: cannot read key file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create key file {path}: {source}")]
+    #[error("config key `tokens.key_file`: cannot create key file {path}: {source}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} line {line}: {message}")]
+    #[error("config key `tokens.key_file`: key file {path} line {line}: {message}")]
     Line {
         path: PathBuf,
         line: usize,
         message: String,
     },
-    #[error("key file {path} has no keys")]
+    #[error("config key `tokens.key_file`: key file {path} has no keys")]
     Empty { path: PathBuf },
-    #[error("key file {path} is larger than 1 MiB")]
+    #[error("config key `tokens.key_file`: key file {path} is larger than 1 MiB")]
     TooLarge { path: PathBuf },
 }
 

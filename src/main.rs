@@ -98,19 +98,17 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.load()?),
         Command::CheckConfig(args) => {
             let config = args.load()?;
-            // Loads the GeoIP databases and the rules file exactly as `serve` would.
-            trackedge::enrich::Enricher::new(&config, trackedge::event::now_ms())?;
+            let checked = server::check(&config)?;
+            let on_off = |on: bool| if on { "on" } else { "off" };
             println!(
-                "config ok: public {} admin {} data_dir {} tls certificates {} geoip {}",
+                "config ok: public {} admin {} data_dir {} key file {} tls certificates {} geoip {} asn {}",
                 config.public.addr,
                 config.admin.addr,
                 config.data_dir.display(),
-                config.public.tls.len(),
-                if config.geoip.city_db.is_some() {
-                    "on"
-                } else {
-                    "off"
-                }
+                if checked.key_file_exists { "loaded" } else { "generated on first start" },
+                checked.tls_certificates,
+                on_off(checked.city_db),
+                if checked.asn_db { "loaded" } else { "off" },
             );
             Ok(())
         }

@@ -21,10 +21,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 
 use crate::config::Config;
 use crate::enrich::Enricher;
-use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
+use crate::event::{now_ms, Event, IdGenerator};
 use crate::keys::Keys;
 use crate::metrics::RequestMetrics;
-use crate::privacy::Privacy;
+use crate::privacy::{Privacy, SkipReason};
 use crate::ratelimit::{Decision, RecordLimiter};
 use crate::spool::EventSender;
 use crate::token::{self, Claims, Kind, TokenError};
@@ -328,10 +328,17 @@ fn verify(
 /// facts as the privacy policy allows, and queued without waiting. The limit keys on
 /// the address the enrich stage resolved from trusted proxy headers, and runs before
 /// the rest so that a dropped event leaves no first-seen mark behind.
+///
+/// An unsubscribe is the recipient's own request and the sender's legal duty: it is
+/// always recorded. Where tracking is refused it is recorded without anything about
+/// the request ([`record_untracked`]); the recording limit only ever marks it.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     let now_secs = hit.now_secs();
-    let Ok(marks) = edge.privacy.decide(&claims, hit.headers, now_secs) else {
-        return;
+    let unsubscribe = claims.kind == Kind::Unsubscribe;
+    let marks = match edge.privacy.decide(&claims, hit.headers, now_secs) {
+        Ok(marks) => marks,
+        Err(reason) if unsubscribe => return record_untracked(edge, claims, hit, reason),
+        Err(_) => return,
     };
     let kind = claims.kind;
     let client = edge.enrich.client_addr(hit);
@@ -342,35 +349,49 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     ) {
         Decision::Record => false,
         Decision::Mark => true,
+        Decision::Drop if unsubscribe => true,
         Decision::Drop => return,
     };
     let enriched = edge.enrich.describe(hit, &claims, client);
-    let event = Event {
-        v: SCHEMA_VERSION,
-        id: edge.ids.next(hit.at_ms),
-        ts: hit.at_ms,
-        kind: EventKind::Tracked(kind),
-        tenant: claims.tenant,
-        campaign: claims.campaign,
-        message: claims.message,
-        recipient: claims.recipient,
-        link: claims.link,
-        target: claims.target,
-        ip: edge.privacy.ip(enriched.ip, now_secs),
-        geo: enriched.geo,
-        asn: enriched.asn,
-        ua: edge.privacy.ua(enriched.ua),
-        client: enriched.client,
-        class: enriched.verdict.class,
-        class_reason: enriched.verdict.reason,
-        first: enriched.first,
-        dnt: marks.dnt,
-        gpc: marks.gpc,
-        head: hit.head,
-        self_open: marks.self_open,
-        rate_limited,
-        node: edge.node.clone(),
-    };
+    let id = edge.ids.next(hit.at_ms);
+    let mut event = Event::of_claims(
+        claims,
+        id,
+        hit.at_ms,
+        enriched.verdict.reason,
+        edge.node.clone(),
+    );
+    event.ip = edge.privacy.ip(enriched.ip, now_secs);
+    event.geo = enriched.geo;
+    event.asn = enriched.asn;
+    event.ua = edge.privacy.ua(enriched.ua);
+    event.client = enriched.client;
+    event.class = enriched.verdict.class;
+    event.first = enriched.first;
+    event.dnt = marks.dnt;
+    event.gpc = marks.gpc;
+    event.head = hit.head;
+    event.self_open = marks.self_open;
+    event.rate_limited = rate_limited;
+    if edge.events.send(event).is_ok() {
+        edge.metrics.emitted(kind);
+    }
+}
+
+/// An unsubscribe whose tracking was refused (`reason`): its ids, time and the
+/// reason, nothing about the client; its class is not assessed.
+fn record_untracked(edge: &Edge, claims: Claims, hit: &Hit, reason: SkipReason) {
+    let kind = claims.kind;
+    let id = edge.ids.next(hit.at_ms);
+    let mut event = Event::of_claims(
+        claims,
+        id,
+        hit.at_ms,
+        Arc::from("not_tracked"),
+        edge.node.clone(),
+    );
+    event.head = hit.head;
+    event.not_tracked = Some(reason.as_str());
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);
     }
@@ -431,6 +452,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
+    // A declared length over the limit is refused at once, not after waiting for
+    // a body the client may never send.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(HttpError::BodyTooLarge);
+    }
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -33,7 +33,6 @@ use crate::route::{self, Edge};
 use crate::shutdown::{self, Signal};
 use crate::slots::{Slot, Slots};
 use crate::spool::{self, SpoolError};
-use crate::suppression::Suppressions;
 use crate::tls::{self, TlsError};
 
 /// `reason` labels of [`m::HTTP_CONNECTION_ERRORS_TOTAL`].
@@ -96,6 +95,39 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// What `check-config` found: every file [`run`] loads, loaded the same way.
+#[derive(Debug)]
+pub struct Checked {
+    /// `false` when the key file does not exist yet and `serve` will generate it.
+    pub key_file_exists: bool,
+    pub tls_certificates: usize,
+    pub city_db: bool,
+    pub asn_db: bool,
+}
+
+/// Loads and validates everything [`run`] loads at start (signing keys, TLS
+/// certificates and keys, GeoIP databases, classification rules, the sink's files),
+/// without binding, creating or writing anything.
+pub fn check(config: &Config) -> Result<Checked, ServeError> {
+    let key_file = config.key_file();
+    let key_file_exists = key_file.exists();
+    if key_file_exists || !config.key_file_is_generated() {
+        crate::keys::load(&key_file, false)?;
+    }
+    if !config.public.tls.is_empty() {
+        let certs = Arc::new(tls::TlsCerts::load(&config.public.tls)?);
+        tls::acceptor(certs, config.public.http2)?;
+    }
+    let enricher = crate::enrich::Enricher::new(config, crate::event::now_ms())?;
+    crate::forward::check_sink(&config.forward)?;
+    Ok(Checked {
+        key_file_exists,
+        tls_certificates: config.public.tls.len(),
+        city_db: config.geoip.city_db.is_some(),
+        asn_db: enricher.has_asn_db(),
+    })
+}
+
 /// Runs the edge until `shutdown` fires and everything has drained.
 /// `on_listening` is called once both listeners are bound.
 pub async fn run(
@@ -145,7 +177,7 @@ pub async fn run(
         admin: local_addr("admin", &admin_listener)?,
     };
 
-    let suppressions = Suppressions::load(spool.store.clone()).map_err(ServeError::Suppressions)?;
+    let suppressions = spool.suppressions().map_err(ServeError::Suppressions)?;
     let privacy = Privacy::new(&config.privacy, &config.data_dir, suppressions)?;
     let edge = Arc::new(Edge::new(
         &config,
@@ -188,7 +220,8 @@ pub async fn run(
             background.clone(),
         ));
     }
-    tokio::spawn(m::upkeep(prometheus, background));
+    tokio::spawn(m::upkeep(prometheus, background.clone()));
+    tokio::spawn(health.clone().publish(background));
 
     tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");
     on_listening(bound);

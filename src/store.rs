@@ -28,8 +28,13 @@ pub type Seq = u64;
 pub type Bytes = sled::IVec;
 
 #[derive(Debug, thiserror::Error)]
-#[error("spool storage: {0}")]
-pub struct StoreError(#[from] sled::Error);
+pub enum StoreError {
+    #[error("spool storage: {0}")]
+    Engine(#[from] sled::Error),
+    /// A storage task on the blocking pool panicked or was cancelled.
+    #[error("spool storage task failed")]
+    TaskFailed,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -76,7 +81,7 @@ impl Store {
                 set_aside.increment(0);
                 return Ok(store);
             }
-            Err(error) if is_damage(&error.0) => error,
+            Err(StoreError::Engine(error)) if is_damage(&error) => StoreError::Engine(error),
             Err(error) => return Err(error),
         };
         let aside = aside_path(dir, crate::event::now_ms());
@@ -123,6 +128,11 @@ impl Store {
     pub fn append(&self, seq: Seq, value: Vec<u8>) -> Result<(), StoreError> {
         self.events.insert(key(seq), value)?;
         Ok(())
+    }
+
+    /// The value under `seq`, if it is still there.
+    pub fn get(&self, seq: Seq) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.events.get(key(seq))?)
     }
 
     /// Replaces the value under `seq` if it is still there; returns the old value.
@@ -297,7 +307,7 @@ fn aside_path(dir: &Path, now_ms: u64) -> PathBuf {
 
 /// sled's error is not `Clone`; what the caller needs is its text.
 fn error_clone(error: &StoreError) -> StoreError {
-    StoreError(sled::Error::Io(std::io::Error::other(error.to_string())))
+    StoreError::Engine(sled::Error::Io(std::io::Error::other(error.to_string())))
 }
 
 #[cfg(test)]

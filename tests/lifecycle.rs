@@ -127,6 +127,57 @@ fn check_config_names_the_broken_key() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("config ok"));
 }
 
+/// `check-config` loads every file `serve` loads, and refuses what `serve` refuses,
+/// naming the key; `serve` refuses the same configs the same way.
+#[test]
+fn check_config_and_serve_refuse_the_same_broken_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let short_key = dir.path().join("short-keys.txt");
+    std::fs::write(&short_key, "1:tooshort\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let tls = |cert: &std::path::Path| {
+        format!(
+            "[[public.tls]]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+            cert.display(),
+            garbage.display()
+        )
+    };
+    for (text, key) in [
+        (tls(&missing), "public.tls[0].cert_path"),
+        (tls(&garbage), "public.tls[0].cert_path"),
+        (
+            format!("[tokens]\nkey_file = \"{}\"\n", short_key.display()),
+            "tokens.key_file",
+        ),
+        ("[log]\nlevel = \"warning\"\n".to_owned(), "log.level"),
+    ] {
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &text).unwrap();
+        let data_dir = dir.path().join("data");
+        for command in ["check-config", "serve"] {
+            let output = Command::new(BIN)
+                .arg(command)
+                .arg("--config")
+                .arg(&path)
+                .args([
+                    "--public-addr",
+                    "127.0.0.1:0",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                ])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} accepted {text}");
+            assert!(stderr.contains(key), "{command} {text}: {stderr}");
+        }
+    }
+}
+
 #[test]
 fn flags_and_environment_override_the_file() {
     let dir = tempfile::tempdir().unwrap();

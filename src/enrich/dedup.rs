@@ -16,19 +16,9 @@ use std::hash::BuildHasher;
 use metrics::Counter;
 
 use super::twogen::TwoGen;
+use crate::config::{DedupSettings, MAX_BURST_LINKS};
 use crate::metrics as m;
 use crate::token::{Claims, Kind};
-
-/// Distinct links remembered per message within a burst window.
-pub const MAX_BURST_LINKS: usize = 8;
-
-#[derive(Debug, Clone, Copy)]
-pub struct DedupSettings {
-    pub window_ms: u64,
-    pub max_entries: usize,
-    pub burst_links: usize,
-    pub burst_window_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {

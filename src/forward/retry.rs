@@ -121,6 +121,11 @@ impl Circuit {
         }
     }
 
+    /// A permit that was not used (nothing was left to send): another lane may probe.
+    pub fn unused(&mut self) {
+        self.probing = false;
+    }
+
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.open_until = None;
@@ -229,6 +234,12 @@ mod tests {
         let later = start + open_for;
         assert_eq!(circuit.permit(later), Permit::Go, "one probe");
         assert_eq!(circuit.permit(later), Permit::Wait(PROBE_WAIT), "only one");
+        circuit.unused();
+        assert_eq!(
+            circuit.permit(later),
+            Permit::Go,
+            "an unused probe passes on"
+        );
         circuit.on_failure(later);
         assert_eq!(
             circuit.permit(later),
