@@ -2,9 +2,8 @@
 //!
 //! Built by the route from verified claims and request facts, handed to the writer
 //! through `spool`, serialized there (never on the request path). Schema version
-//! [`SCHEMA_VERSION`]; fields are documented in the README. Ids are ULID-shaped:
-//! 48 bits of milliseconds, 16 bits chosen at random when the process starts and a
-//! 64-bit sequence, so they sort by time and never repeat on one edge node.
+//! [`SCHEMA_VERSION`]; fields are documented in the README. Ids are ULID-shaped
+//! and unique across a fleet: see [`IdGenerator`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -205,28 +204,47 @@ impl Serialize for EventId {
     }
 }
 
-/// Hands out [`EventId`]s for one process.
+/// Bits of an id below the millisecond time.
+const LOW_BITS: u32 = 80;
+const LOW_MASK: u128 = (1 << LOW_BITS) - 1;
+
+/// Hands out [`EventId`]s for one process: 48 bits of unix milliseconds, then 80 bits
+/// that are `offset + sequence` modulo 2^80, where `offset` is drawn when the process
+/// starts (rand's thread-local CSPRNG, seeded by the operating system) and `sequence` counts the
+/// ids this process handed out.
+///
+/// Within a process the low 80 bits never repeat (2^80 ids would take 38 million
+/// years at a billion a second), so ids are unique whatever the clock does. Two
+/// processes can only produce the same low bits when their ranges
+/// `[offset, offset + count)` overlap, which for random offsets has probability at
+/// most `(count_a + count_b) / 2^80`; summed over every pair of `P` process starts
+/// that handed out `N` ids in all, a collision anywhere in the fleet has probability
+/// at most `(P - 1) * N / 2^80` (README, "The event"), before even asking that the
+/// two ids fall in the same millisecond. The counter is one atomic add: no lock on
+/// the request path.
 #[derive(Debug)]
 pub struct IdGenerator {
-    boot_nonce: u16,
+    offset: u128,
     sequence: AtomicU64,
 }
 
 impl IdGenerator {
     pub fn new() -> IdGenerator {
+        IdGenerator::with_offset(rand::random::<u128>())
+    }
+
+    /// A generator whose low bits start at `offset` (tests pick it to reach the wrap).
+    pub fn with_offset(offset: u128) -> IdGenerator {
         IdGenerator {
-            boot_nonce: rand::random(),
+            offset: offset & LOW_MASK,
             sequence: AtomicU64::new(0),
         }
     }
 
     pub fn next(&self, ts_ms: u64) -> EventId {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        EventId(
-            (u128::from(ts_ms & 0xffff_ffff_ffff) << 80)
-                | (u128::from(self.boot_nonce) << 64)
-                | u128::from(sequence),
-        )
+        let low = self.offset.wrapping_add(u128::from(sequence)) & LOW_MASK;
+        EventId((u128::from(ts_ms & 0xffff_ffff_ffff) << LOW_BITS) | low)
     }
 }
 
@@ -249,7 +267,7 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_then_sequence_and_never_repeat() {
-        let ids = IdGenerator::new();
+        let ids = IdGenerator::with_offset(7);
         let a = ids.next(1_000);
         let b = ids.next(1_000);
         let c = ids.next(999_999);
@@ -259,6 +277,39 @@ mod tests {
         for _ in 0..10_000 {
             assert!(seen.insert(ids.next(5)));
         }
+    }
+
+    #[test]
+    fn ids_keep_the_time_in_front_and_wrap_the_low_bits_without_touching_it() {
+        let ids = IdGenerator::with_offset(LOW_MASK - 1);
+        let last = ids.next(42);
+        let wrapped = ids.next(42);
+        assert_eq!(last.0 >> LOW_BITS, 42);
+        assert_eq!(
+            wrapped.0 >> LOW_BITS,
+            42,
+            "the wrap never carries into the time"
+        );
+        assert_eq!(last.0 & LOW_MASK, LOW_MASK - 1);
+        assert_eq!(wrapped.0 & LOW_MASK, LOW_MASK);
+        assert_eq!(ids.next(42).0 & LOW_MASK, 0);
+        let later = ids.next(43);
+        assert!(
+            later > last && later > wrapped,
+            "a later millisecond sorts after"
+        );
+        assert_eq!(later.to_string().len(), 26);
+    }
+
+    #[test]
+    fn two_processes_draw_different_offsets() {
+        // 80 random bits each: equal offsets would be a 2^-80 event, or a broken RNG.
+        let (a, b) = (IdGenerator::new(), IdGenerator::new());
+        assert_ne!(a.offset, b.offset);
+        assert!(a.offset <= LOW_MASK && b.offset <= LOW_MASK);
+        let (x, y) = (a.next(5), b.next(5));
+        assert_ne!(x, y);
+        assert_eq!(x.0 >> LOW_BITS, 5);
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub trait Sink: Send + Sync + 'static {
         false
     }
 
+    /// Whether batches must go out one at a time, in spool order (retries too), so
+    /// the upstream sees each key's events in the order they were answered.
+    fn keeps_order(&self) -> bool {
+        false
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome>;
 
     /// Every failure this sink's outcomes can carry: the failure metric's labels.
@@ -248,9 +254,14 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     let mut cursor: Seq = 0;
     let mut lanes = JoinSet::new();
     let mut draining = false;
+    let max_lanes = if pipeline.sink.keeps_order() {
+        1
+    } else {
+        pipeline.config.max_in_flight.get()
+    };
     loop {
         heartbeat.beat();
-        while lanes.len() < pipeline.config.max_in_flight.get() {
+        while lanes.len() < max_lanes {
             match next_lease(&pipeline, cursor).await {
                 Some((lease, next)) => {
                     cursor = next;

@@ -29,6 +29,7 @@ pub const EVENTS_EMITTED_TOTAL: &str = "trackedge_events_emitted_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "trackedge_events_dropped_total";
 pub const EVENTS_WRITTEN_TOTAL: &str = "trackedge_events_written_total";
 pub const SPOOL_EVENTS: &str = "trackedge_spool_events";
+pub const SPOOL_STORE_SET_ASIDE_TOTAL: &str = "trackedge_spool_store_set_aside_total";
 pub const SPOOL_BYTES: &str = "trackedge_spool_bytes";
 pub const SPOOL_DISK_BYTES: &str = "trackedge_spool_disk_bytes";
 pub const SPOOL_OLDEST_AGE_SECONDS: &str = "trackedge_spool_oldest_age_seconds";
@@ -45,6 +46,7 @@ pub const FORWARD_DEAD_LETTERS_TOTAL: &str = "trackedge_forward_dead_letters_tot
 pub const FORWARD_LATENCY_SECONDS: &str = "trackedge_forward_latency_seconds";
 pub const FORWARD_IN_FLIGHT_BATCHES: &str = "trackedge_forward_in_flight_batches";
 pub const FORWARD_SIGNING_RELOADS_TOTAL: &str = "trackedge_forward_signing_reloads_total";
+pub const FORWARD_SINK_STATE_CHANGES_TOTAL: &str = "trackedge_forward_sink_state_changes_total";
 pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
 pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
 pub const PRIVACY_NOT_RECORDED_TOTAL: &str = "trackedge_privacy_not_recorded_total";
@@ -249,6 +251,16 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         FORWARD_SIGNING_RELOADS_TOTAL,
         MetricKind::Counter,
         "Reloads of the http sink's batch signing secrets, by result (ok, error: the previous secrets stay).",
+    ),
+    (
+        FORWARD_SINK_STATE_CHANGES_TOTAL,
+        MetricKind::Counter,
+        "State changes of the Kafka sink (ok, unreachable, error, producer_lost: the producer was rebuilt), each also logged once.",
+    ),
+    (
+        SPOOL_STORE_SET_ASIDE_TOTAL,
+        MetricKind::Counter,
+        "Damaged spool stores moved aside at start (an empty one replaces each; its events are not forwarded).",
     ),
     (
         PRIVACY_NOT_RECORDED_TOTAL,
@@ -669,9 +681,9 @@ mod tests {
                     .map(move |reason| (route.as_str(), reason.as_str()))
             })
             .collect();
-        // Five routes read a token, eight reasons each, bad_target on the two that
+        // Five routes read a token, nine reasons each, bad_target on the two that
         // redirect.
-        assert_eq!(possible.len(), 5 * 8 + 2);
+        assert_eq!(possible.len(), 5 * 9 + 2);
         assert!(possible.contains(&("click", "bad_target")));
         assert!(!possible.contains(&("pixel", "bad_target")));
         assert!(!possible.iter().any(|(route, _)| *route == "healthz"));

@@ -295,9 +295,10 @@ fn match_path(path: &str) -> (RouteName, &str) {
     }
 }
 
-/// A token is one non-empty path segment; its content is the verifier's business.
+/// A token is one non-empty path segment, or two (a routing key, then the token);
+/// their content is the verifier's business.
 fn is_token_shaped(token: &str) -> bool {
-    !token.is_empty() && !token.contains('/')
+    token::routing_split(token).is_some()
 }
 
 fn require_get_or_head<B>(request: &Request<B>) -> Result<bool, HttpError> {
@@ -411,12 +412,17 @@ mod tests {
         assert_eq!(match_path("/optout"), (RouteName::OptOut, "optout"));
         assert_eq!(match_path("/optin"), (RouteName::OptOut, "optin"));
         assert_eq!(match_path("/s/abc"), (RouteName::Sender, "abc"));
+        assert_eq!(match_path("/o/rk/abc.gif"), (RouteName::Pixel, "rk/abc"));
+        assert_eq!(match_path("/c/rk/abc"), (RouteName::Click, "rk/abc"));
         for path in [
             "/",
             "/o/abc",
             "/o/.gif",
             "/c/",
-            "/c/a/b",
+            "/c/a/b/c",
+            "/c//b",
+            "/c/a/",
+            "/o/rk/.gif",
             "/x",
             "/healthz/",
             "//c/abc",

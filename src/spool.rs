@@ -374,7 +374,7 @@ pub fn start(
         dir: config.dir.clone(),
         source,
     };
-    let store = Store::open(&config.dir, config.cache_bytes).map_err(open_err)?;
+    let store = Store::open_or_set_aside(&config.dir, config.cache_bytes).map_err(open_err)?;
     let held: Vec<Bytes> = store
         .iter()
         .map(|entry| entry.map(|(_, value)| value))

@@ -11,8 +11,16 @@
 //! returns what it actually removed, so callers' counts stay exact when two race.
 //! A third tree, `suppressed`, holds suppression keys (value empty), written
 //! durably at once.
+//!
+//! A store that cannot be opened because it is damaged (sled reports corruption, a
+//! bug, or a truncated or malformed file) is moved aside whole to
+//! `<dir>.damaged-<unix ms>` and a fresh one is started in its place
+//! ([`Store::open_or_set_aside`]): one ERROR line, one count in
+//! `trackedge_spool_store_set_aside_total`, and the edge keeps serving instead of
+//! crash-looping. Other failures (permissions, the directory lock held by another
+//! process, a full disk) are returned: moving the store would not fix them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub type Seq = u64;
 
@@ -75,6 +83,50 @@ impl Store {
             suppressed: db.open_tree("suppressed")?,
             db,
         })
+    }
+
+    /// Opens the store and reads every key and value once; if sled finds it damaged,
+    /// moves the directory aside, logs an ERROR, counts it and opens a fresh one.
+    pub fn open_or_set_aside(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let set_aside = metrics::counter!(crate::metrics::SPOOL_STORE_SET_ASIDE_TOTAL);
+        let error = match Store::open(dir, cache_bytes).and_then(|store| {
+            store.check()?;
+            Ok(store)
+        }) {
+            Ok(store) => {
+                set_aside.increment(0);
+                return Ok(store);
+            }
+            Err(StoreError::Engine(error)) if is_damage(&error) => StoreError::Engine(error),
+            Err(error) => return Err(error),
+        };
+        let aside = aside_path(dir, crate::event::now_ms());
+        std::fs::rename(dir, &aside).map_err(|rename| {
+            tracing::error!(
+                dir = %dir.display(), error = %error, rename_error = %rename,
+                "the spool store is damaged and cannot be moved aside"
+            );
+            error_clone(&error)
+        })?;
+        set_aside.increment(1);
+        tracing::error!(
+            dir = %dir.display(), moved_to = %aside.display(), error = %error,
+            "the spool store is damaged: moved aside and started empty; events held in it are not forwarded"
+        );
+        let store = Store::open(dir, cache_bytes)?;
+        store.check()?;
+        Ok(store)
+    }
+
+    /// Reads every key and value of every tree, so damage shows at open rather than
+    /// in the middle of forwarding.
+    fn check(&self) -> Result<(), StoreError> {
+        for tree in [&self.events, &self.dead, &self.suppressed] {
+            for entry in tree.iter() {
+                let _ = entry?;
+            }
+        }
+        Ok(())
     }
 
     /// One past the largest sequence number ever stored.
@@ -241,6 +293,39 @@ impl Store {
     }
 }
 
+/// Whether an open failed because of what is in the files (moving them aside
+/// helps), rather than the system around them (it would not).
+fn is_damage(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_) => false,
+    }
+}
+
+/// `<dir>.damaged-<ms>`, with a counter if that exists (two set-asides in one ms).
+fn aside_path(dir: &Path, now_ms: u64) -> PathBuf {
+    let name = dir.file_name().map_or_else(
+        || "spool".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let mut candidate = dir.with_file_name(format!("{name}.damaged-{now_ms}"));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = dir.with_file_name(format!("{name}.damaged-{now_ms}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// sled's error is not `Clone`; what the caller needs is its text.
+fn error_clone(error: &StoreError) -> StoreError {
+    StoreError::Engine(sled::Error::Io(std::io::Error::other(error.to_string())))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -304,6 +389,71 @@ pub(crate) mod tests {
             around.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![255, 256]
         );
+    }
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_a_fresh_one_opens() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        {
+            let store = open(&dir);
+            for n in 0..50 {
+                store.append(n, vec![7; 100]).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        // A damaged configuration block, as a failing disk might leave it. (Damage in
+        // the middle of sled's log is not reported at all: sled takes the first bad
+        // record for the torn end of the log and opens what comes before it.)
+        let conf = dir.join("conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        for byte in &mut bytes[8..24] {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&conf, bytes).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open_or_set_aside(&dir, 8 << 20) {
+                Ok(store) => break store,
+                // The earlier handle may still hold the lock for a moment.
+                Err(err) if std::time::Instant::now() < deadline => {
+                    let _ = err;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("a damaged store must not stop the edge: {err}"),
+            }
+        };
+        let aside: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("spool.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged store is kept for inspection");
+        assert_eq!(store.next_seq().unwrap(), 0, "the new store starts empty");
+        store.append(0, vec![1]).unwrap();
+        assert_eq!(store.iter().count(), 1);
+    }
+
+    #[test]
+    fn only_damage_moves_a_store_aside() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_damage(&sled::Error::Corruption { at: None, bt: () }));
+        assert!(is_damage(&sled::Error::Io(Error::from(
+            ErrorKind::UnexpectedEof
+        ))));
+        // The lock held by another process, permissions, a full disk: not damage.
+        assert!(!is_damage(&sled::Error::Io(Error::other(
+            "could not acquire lock"
+        ))));
+        assert!(!is_damage(&sled::Error::Io(Error::from(
+            ErrorKind::PermissionDenied
+        ))));
+        assert!(!is_damage(&sled::Error::Unsupported("config".into())));
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(parent.path().join("spool.damaged-5")).unwrap();
+        assert_eq!(aside_path(&dir, 5), parent.path().join("spool.damaged-5-1"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! time) and carries an HMAC-SHA256 tag, truncated to 128 bits, under a key named by a
 //! key-id byte so several keys verify at once during a rotation. The layout is in
 //! `docs/tokens.md`. Verification checks the tag (in constant time) before it parses
-//! a single field, so unsigned bytes never reach the field parser.
+//! a single field, so unsigned bytes never reach the field parser. URLs carry a
+//! [`routing`] key in front of the token so balancers can keep a message on one edge.
 //!
 //! Input: the path segment of a request (hostile) or the sender's claims (trusted).
 //! Output: [`Claims`] or a [`TokenError`] whose `as_str` is the metric label.
@@ -14,6 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+mod routing;
+pub use routing::{routing_key, split as routing_split, ROUTING_KEY_LEN};
 
 /// The only version this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -221,10 +225,12 @@ pub enum TokenError {
     Expired,
     #[error("token target is not a safe http(s) URL")]
     BadTarget,
+    #[error("routing key in the URL is not the token's")]
+    BadRoutingKey,
 }
 
 impl TokenError {
-    pub const ALL: [TokenError; 9] = [
+    pub const ALL: [TokenError; 10] = [
         TokenError::TooLong,
         TokenError::Malformed,
         TokenError::UnsupportedVersion,
@@ -234,6 +240,7 @@ impl TokenError {
         TokenError::WrongKind,
         TokenError::Expired,
         TokenError::BadTarget,
+        TokenError::BadRoutingKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -247,6 +254,7 @@ impl TokenError {
             TokenError::WrongKind => "wrong_kind",
             TokenError::Expired => "expired",
             TokenError::BadTarget => "bad_target",
+            TokenError::BadRoutingKey => "bad_routing_key",
         }
     }
 }
@@ -363,29 +371,37 @@ pub(crate) fn seal(key: &Key, mut payload: Vec<u8>) -> String {
     URL_SAFE_NO_PAD.encode(payload)
 }
 
-/// Signs with the ring's signing key and returns the full URL under `base_url`.
+/// Signs with the ring's signing key and returns the full URL under `base_url`,
+/// with the message's routing key in front of the token (`/c/{routing key}/{token}`).
 pub fn mint_url(base_url: &str, keys: &KeyRing, claims: &Claims) -> Result<String, SignError> {
-    let token = sign(keys.signing_key(), claims)?;
+    let key = keys.signing_key();
+    let token = sign(key, claims)?;
+    let routed = format!(
+        "{}/{token}",
+        routing_key(key, &claims.tenant, &claims.message)
+    );
     Ok(format!(
         "{}{}",
         base_url.trim_end_matches('/'),
-        claims.kind.path(&token)
+        claims.kind.path(&routed)
     ))
 }
 
-/// Checks a token from a request and returns what it signs.
+/// Checks the token segment of a request (`token`, or `routing key/token`) and
+/// returns what the token signs.
 ///
 /// `now` is unix seconds; `max_len` bounds the text before any decoding.
 pub fn verify(
     keys: &KeyRing,
-    token: &str,
+    segment: &str,
     expected: Kind,
     now: u64,
     max_len: usize,
 ) -> Result<Claims, TokenError> {
-    if token.len() > max_len {
+    if segment.len() > max_len {
         return Err(TokenError::TooLong);
     }
+    let (routing, token) = routing::split(segment).ok_or(TokenError::Malformed)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| TokenError::Malformed)?;
@@ -404,6 +420,9 @@ pub fn verify(
         .map_err(|_| TokenError::BadSignature)?;
 
     let claims = parse_signed(signed).ok_or(TokenError::BadPayload)?;
+    if routing.is_some_and(|text| !routing::matches(key, text, &claims.tenant, &claims.message)) {
+        return Err(TokenError::BadRoutingKey);
+    }
     if claims.kind != expected {
         return Err(TokenError::WrongKind);
     }
@@ -717,6 +736,63 @@ mod tests {
             sign(ring().signing_key(), &claims),
             Err(SignError::UnexpectedTarget("open"))
         );
+    }
+
+    #[test]
+    fn every_url_of_a_message_carries_its_routing_key_and_verifies() {
+        let key = ring().signing_key().clone();
+        let routing = routing_key(&key, "acme", "m-1");
+        let mut open = click();
+        open.kind = Kind::Open;
+        open.target = None;
+        let mut other_link = click();
+        other_link.link = 9;
+        other_link.target = Some("https://example.com/other".into());
+        for claims in [click(), other_link, open] {
+            let url = mint_url("https://t.example", &ring(), &claims).unwrap();
+            let path = url.strip_prefix("https://t.example").unwrap();
+            let segment = path[3..].trim_end_matches(".gif");
+            assert_eq!(segment.split('/').next(), Some(routing.as_str()), "{url}");
+            assert_eq!(
+                verify(&ring(), segment, claims.kind, 0, 4096),
+                Ok(claims.clone())
+            );
+            // A token alone (a URL minted before routing keys) still verifies.
+            let token = segment.split('/').nth(1).unwrap();
+            assert_eq!(verify(&ring(), token, claims.kind, 0, 4096), Ok(claims));
+        }
+        let mut other_message = click();
+        other_message.message = "m-2".into();
+        let url = mint_url("https://t.example", &ring(), &other_message).unwrap();
+        assert!(!url.contains(&routing), "{url}");
+    }
+
+    #[test]
+    fn an_edited_routing_key_is_refused() {
+        let token = sign(ring().signing_key(), &click()).unwrap();
+        let wrong = routing_key(ring().signing_key(), "acme", "m-2");
+        for segment in [
+            format!("{wrong}/{token}"),
+            format!("AAAAAAAA/{token}"),
+            format!("short/{token}"),
+        ] {
+            assert_eq!(
+                verify(&ring(), &segment, Kind::Click, 0, 4096),
+                Err(TokenError::BadRoutingKey),
+                "{segment}"
+            );
+        }
+        for segment in [
+            format!("/{token}"),
+            format!("a/b/{token}"),
+            format!("{token}/"),
+        ] {
+            assert_eq!(
+                verify(&ring(), &segment, Kind::Click, 0, 4096),
+                Err(TokenError::Malformed),
+                "{segment}"
+            );
+        }
     }
 
     #[test]

@@ -241,6 +241,10 @@ async fn every_exported_metric_is_documented_and_promtool_finds_nothing() {
         assert_eq!(family.kind.as_deref(), Some(kind_name(*kind)), "{name}");
     }
     for name in documented.keys() {
+        // The Kafka sink's own metric; tests/kafka.rs checks it with that sink.
+        if *name == "trackedge_forward_sink_state_changes_total" {
+            continue;
+        }
         let exported = scraped.get(*name).is_some_and(|f| !f.samples.is_empty());
         assert!(exported, "{name} is documented but not exported");
     }

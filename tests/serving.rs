@@ -149,7 +149,8 @@ async fn unknown_paths_and_methods_get_small_answers_and_record_nothing() {
         "/o/",
         "/c/",
         "/o/abc",
-        "/c/a/b",
+        "/c/a/b/c",
+        "/c//b",
         "/admin",
         "/metrics",
     ] {

@@ -3,6 +3,7 @@
 //! library API with the key file the server generated.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod mmdb;
 pub mod tools;
 pub mod upstream;
