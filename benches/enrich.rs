@@ -20,7 +20,7 @@ use trackedge::enrich::client_ip::{ClientIp, Source};
 use trackedge::enrich::geo::{Db, DbKind};
 use trackedge::enrich::ua::{self, UaCache};
 use trackedge::enrich::Enricher;
-use trackedge::route::Hit;
+use trackedge::hit::Hit;
 use trackedge::{Claims, Kind};
 
 const UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";

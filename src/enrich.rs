@@ -18,6 +18,7 @@ pub mod geo;
 pub mod rules;
 pub(crate) mod twogen;
 pub mod ua;
+pub mod verdict;
 
 #[cfg(test)]
 #[path = "../tests/common/mmdb.rs"]
@@ -31,8 +32,8 @@ use http::header::USER_AGENT;
 use metrics::Counter;
 
 use crate::config::Config;
+use crate::hit::Hit;
 use crate::metrics as m;
-use crate::route::Hit;
 use crate::token::Claims;
 use classify::{ClassKind, Classifier, RuleSet, RulesError, Signals, UaMatch, Verdict};
 use client_ip::{ClientIp, Origin};

@@ -73,6 +73,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod hit;
 pub mod idle;
 pub mod keys;
 pub mod metrics;

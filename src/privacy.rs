@@ -7,7 +7,7 @@
 //! the recipient. The full client address is used in memory only (GeoIP); what leaves
 //! this module is truncated, hashed, full or nothing, as `privacy.ip_mode` says.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +19,7 @@ use metrics::Counter;
 use sha2::Sha256;
 
 use crate::config::{IpMode, PrivacyConfig, SignalPolicy, UaMode};
+use crate::enrich::cidr::truncate_ip;
 use crate::metrics as m;
 use crate::suppression::Suppressions;
 use crate::token::{Claims, Kind};
@@ -176,7 +177,7 @@ impl Privacy {
 
     /// The client address as it may be stored.
     pub fn ip(&self, ip: IpAddr, now_secs: u64) -> Option<String> {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         match self.config.ip_mode {
             IpMode::Truncate {
                 ipv4_prefix,
@@ -260,32 +261,6 @@ fn hash_key(path: &Path) -> Result<Hmac<Sha256>, PrivacyError> {
         Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes())
             .expect("HMAC takes any key length"),
     )
-}
-
-/// IPv4-mapped IPv6 addresses are IPv4 addresses.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Keeps only the network part of `ip`.
-pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(ipv4_prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
 }
 
 #[cfg(test)]

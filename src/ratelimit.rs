@@ -26,9 +26,9 @@ use std::net::IpAddr;
 use metrics::Counter;
 
 use crate::config::{Action, RateLimitSettings};
+use crate::enrich::cidr::truncate_ip;
 use crate::enrich::twogen::TwoGen;
 use crate::metrics as m;
-use crate::privacy::truncate_ip;
 
 /// The limiter's answer for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

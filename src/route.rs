@@ -9,6 +9,7 @@
 mod click;
 mod optout;
 mod pixel;
+mod request_metrics;
 pub mod response;
 mod unsubscribe;
 
@@ -17,17 +18,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{ALLOW, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::event::{now_ms, Event, IdGenerator};
+use crate::hit::Hit;
 use crate::keys::Keys;
-use crate::metrics::RequestMetrics;
 use crate::privacy::{Privacy, SkipReason};
 use crate::ratelimit::{Decision, RecordLimiter};
 use crate::spool::EventSender;
 use crate::token::{self, Claims, Kind, TokenError};
+use request_metrics::RequestMetrics;
 use response::Body;
 
 /// Everything the request path shares, built once at start.
@@ -203,20 +205,6 @@ impl HttpError {
 }
 
 const GET_HEAD: &str = "GET, HEAD";
-
-/// What one request tells beyond its token: the per-request context of the stages.
-pub struct Hit<'a> {
-    pub at_ms: u64,
-    pub peer: IpAddr,
-    pub headers: &'a HeaderMap,
-    pub head: bool,
-}
-
-impl Hit<'_> {
-    fn now_secs(&self) -> u64 {
-        self.at_ms / 1000
-    }
-}
 
 /// Answers one public request.
 pub async fn handle<B>(edge: &Edge, request: Request<B>, peer: IpAddr) -> Response<Body>

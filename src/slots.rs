@@ -13,7 +13,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::privacy::truncate_ip;
+use crate::enrich::cidr::truncate_ip;
 
 /// Why a connection got no slot (counted by the server as a connection error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

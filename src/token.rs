@@ -67,6 +67,11 @@ impl Kind {
         }
     }
 
+    /// The position in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
@@ -242,6 +247,11 @@ impl TokenError {
         TokenError::BadTarget,
         TokenError::BadRoutingKey,
     ];
+
+    /// The position in [`TokenError::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
