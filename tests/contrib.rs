@@ -284,12 +284,7 @@ impl Prometheus {
     }
 
     async fn api(&self, path: &str) -> Option<serde_json::Value> {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .ok()?;
-        tokio::spawn(connection);
+        let mut sender = common::keep_alive(self.addr).await.ok()?;
         let request = http::Request::builder()
             .uri(path)
             .header("host", self.addr.to_string())

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use trackedge::{Claims, Kind};
 
@@ -267,14 +266,9 @@ fn plan(keys: &trackedge::KeyRing) -> Vec<Step> {
 // Roles run inside namespaces
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+    let mut sender = tokio::time::timeout(Duration::from_secs(5), common::keep_alive(addr))
         .await
-        .map_err(|_| "connect timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+        .map_err(|_| "connect timeout".to_owned())??;
     let request = http::Request::builder()
         .uri(path)
         .header("host", "t.example")

@@ -21,12 +21,7 @@ fn forward_config(url: &str, extra: &str) -> String {
 
 /// Sends `count` opens with messages `<prefix>-<n>` on one keep-alive connection.
 async fn send_opens(server: &TestServer, prefix: &str, count: usize) {
-    let stream = tokio::net::TcpStream::connect(server.public).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = common::keep_alive(server.public).await.unwrap();
     let keys = server.keys();
     for n in 0..count {
         let url =

@@ -21,12 +21,7 @@ async fn every_request_answered_before_sigterm_is_in_the_output() {
     for worker in 0..8 {
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
+            let mut sender = common::keep_alive(addr).await.unwrap();
             for _ in 0..100 {
                 sender.ready().await.unwrap();
                 let response = sender.send_request(request("GET", &path)).await.unwrap();

@@ -256,6 +256,22 @@ pub fn request_with(method: &str, path: &str, headers: &[(&str, &str)]) -> Reque
     request
 }
 
+/// An HTTP/1.1 keep-alive connection to `addr`, driven in the background: send
+/// requests one after another with the returned sender.
+pub async fn keep_alive(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// One request on a fresh plain-TCP connection: HTTP/1.1 or h2c (prior knowledge).
 pub async fn send(
     addr: SocketAddr,
