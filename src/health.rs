@@ -8,7 +8,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system clock outside a runtime) so tests can pause and
+// advance time instead of sleeping.
+use tokio::time::Instant;
 
 use crate::metrics as m;
 use crate::shutdown::Signal;
@@ -146,12 +150,12 @@ impl Health {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stage_that_stops_beating_makes_the_edge_unready() {
+    #[tokio::test(start_paused = true)]
+    async fn a_stage_that_stops_beating_makes_the_edge_unready() {
         let health = Health::new();
         let beat = health.register("writer", Duration::from_millis(200));
         assert_eq!(health.check(), Ok(()));
-        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(300)).await;
         assert_eq!(health.check(), Err(NotReady::Late(vec!["writer"])));
         beat.beat();
         assert_eq!(health.check(), Ok(()));
