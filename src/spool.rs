@@ -228,13 +228,15 @@ impl Spool {
             Filtered::Rewritten { bytes, removed } => {
                 let new_len = bytes.len() as u64;
                 let stored = Bytes::from(bytes.as_slice());
-                if self.store.replace(seq, bytes)?.is_some() {
-                    self.counts.records.fetch_sub(removed, Ordering::Relaxed);
-                    self.counts.bytes.fetch_sub(
-                        (old.len() as u64).saturating_sub(new_len),
-                        Ordering::Relaxed,
-                    );
+                if self.store.replace(seq, bytes)?.is_none() {
+                    // Gone meanwhile (callers hold the guard, so this is defensive).
+                    return Ok(None);
                 }
+                self.counts.records.fetch_sub(removed, Ordering::Relaxed);
+                self.counts.bytes.fetch_sub(
+                    (old.len() as u64).saturating_sub(new_len),
+                    Ordering::Relaxed,
+                );
                 Ok(Some(stored))
             }
         }
