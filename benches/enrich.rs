@@ -20,6 +20,7 @@ use trackedge::enrich::client_ip::{ClientIp, Source};
 use trackedge::enrich::geo::{Db, DbKind};
 use trackedge::enrich::ua::{self, UaCache};
 use trackedge::enrich::Enricher;
+use trackedge::event::EventId;
 use trackedge::hit::Hit;
 use trackedge::{Claims, Kind};
 
@@ -100,7 +101,10 @@ fn enrich(c: &mut Criterion) {
         head: false,
     };
     c.bench_function("enrich/whole_open", |b| {
-        b.iter(|| enricher.enrich(black_box(&hit), &claims))
+        b.iter(|| {
+            let hit = black_box(&hit);
+            enricher.describe(hit, &claims, enricher.client_addr(hit), EventId(1))
+        })
     });
 }
 

@@ -66,6 +66,7 @@ fn hot_path(c: &mut Criterion) {
             max_age: Duration::from_secs(3600),
             full_policy: FullPolicy::DropOldest,
             cache_bytes: 64 << 20,
+            hold_back: Duration::ZERO,
         },
         health.register("writer", Duration::from_secs(3600)),
     )

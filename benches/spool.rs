@@ -63,6 +63,7 @@ fn spool_config(dir: &std::path::Path, durability: Durability) -> SpoolConfig {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::DropOldest,
         cache_bytes: 64 << 20,
+        hold_back: Duration::ZERO,
     }
 }
 

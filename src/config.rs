@@ -242,7 +242,9 @@ impl RawConfig {
             public,
             admin,
             tokens: self.tokens.validate()?,
-            spool: self.spool.validate(&data_dir, &self.retention)?,
+            spool: self
+                .spool
+                .validate(&data_dir, &self.retention, classify.hold_back)?,
             forward: self.forward.validate(&data_dir)?,
             privacy: self.privacy.validate()?,
             log: self.log.validate()?,

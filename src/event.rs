@@ -69,6 +69,10 @@ pub struct Event {
     /// its ids and time only. Left out otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_tracked: Option<&'static str>,
+    /// On a `reclassify` event only: the earlier events whose class is now `class`
+    /// (for `class_reason`). Left out otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<EventId>,
     pub node: Arc<str>,
 }
 
@@ -107,8 +111,37 @@ impl Event {
             self_open: false,
             rate_limited: false,
             not_tracked: None,
+            ids: Vec::new(),
             node,
         }
+    }
+
+    /// The record that tells the upstream that events it may already have were a
+    /// machine's: `ids` now carry `class` for `reason`.
+    pub fn reclassify(
+        id: EventId,
+        ts: u64,
+        of: &Event,
+        ids: Vec<EventId>,
+        class: Class,
+        reason: Arc<str>,
+    ) -> Event {
+        let mut event = Event::of_claims(
+            Claims::new(
+                Kind::Click,
+                of.tenant.clone(),
+                of.campaign.clone(),
+                of.message.clone(),
+            ),
+            id,
+            ts,
+            reason,
+            of.node.clone(),
+        );
+        event.kind = EventKind::Reclassify;
+        event.class = class;
+        event.ids = ids;
+        event
     }
 
     /// The record that tells the upstream a recipient's data was erased here (not a
@@ -164,6 +197,8 @@ pub enum EventKind {
     Tracked(Kind),
     /// All of a recipient's data was erased here; the receiver should erase its own.
     Erasure,
+    /// Earlier events (`ids`) were a machine's: the receiver should relabel them.
+    Reclassify,
 }
 
 impl EventKind {
@@ -171,6 +206,7 @@ impl EventKind {
         match self {
             EventKind::Tracked(kind) => kind.as_str(),
             EventKind::Erasure => "erasure",
+            EventKind::Reclassify => "reclassify",
         }
     }
 }
@@ -186,6 +222,13 @@ impl Serialize for EventKind {
 pub struct EventId(pub u128);
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+impl EventId {
+    /// The unix milliseconds the id was made at (its leading 48 bits).
+    pub fn timestamp_ms(self) -> u64 {
+        (self.0 >> LOW_BITS) as u64
+    }
+}
 
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,6 +392,7 @@ mod tests {
             self_open: false,
             rate_limited: false,
             not_tracked: None,
+            ids: Vec::new(),
             node: "edge-1".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

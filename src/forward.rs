@@ -283,7 +283,10 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
             Some(_) = lanes.join_next(), if !lanes.is_empty() => {}
             () = pipeline.spool.appended() => {}
             () = tokio::time::sleep(IDLE_TICK) => {}
-            () = finishing.recv(), if !draining => draining = true,
+            () = finishing.recv(), if !draining => {
+                draining = true;
+                pipeline.spool.stop_holding_back();
+            }
         }
     }
 }

@@ -442,6 +442,11 @@ fn event(input: &mut Input) -> Event {
         self_open: flags & 8 != 0,
         rate_limited: flags & 16 != 0,
         not_tracked: (flags & 32 != 0).then_some("opted_out"),
+        ids: if flags & 64 != 0 {
+            vec![id]
+        } else {
+            Vec::new()
+        },
         node: Arc::from(input.text()),
     }
 }

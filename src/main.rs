@@ -72,7 +72,7 @@ impl ConfigArgs {
 
 #[derive(Args)]
 struct SignArgs {
-    /// open | click | download | unsubscribe
+    /// open | click | download | unsubscribe | sender | trap (a link no person clicks)
     kind: String,
     #[arg(long)]
     tenant: String,
@@ -234,7 +234,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let Some(kind) = Kind::parse(&args.kind) else {
         bail!(
-            "unknown kind {:?}: expected open, click, download or unsubscribe",
+            "unknown kind {:?}: expected open, click, download, unsubscribe, sender or trap",
             args.kind
         );
     };

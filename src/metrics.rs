@@ -42,6 +42,7 @@ pub const FORWARD_DEAD_LETTERS_TOTAL: &str = "trackedge_forward_dead_letters_tot
 pub const FORWARD_LATENCY_SECONDS: &str = "trackedge_forward_latency_seconds";
 pub const FORWARD_IN_FLIGHT_BATCHES: &str = "trackedge_forward_in_flight_batches";
 pub const FORWARD_SIGNING_RELOADS_TOTAL: &str = "trackedge_forward_signing_reloads_total";
+pub const CLASSIFY_RELABELLED_EVENTS_TOTAL: &str = "trackedge_classify_relabelled_events_total";
 pub const FORWARD_SINK_STATE_CHANGES_TOTAL: &str = "trackedge_forward_sink_state_changes_total";
 pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
 pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
@@ -252,6 +253,11 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         FORWARD_SINK_STATE_CHANGES_TOTAL,
         MetricKind::Counter,
         "State changes of the Kafka sink (ok, unreachable, error, producer_lost: the producer was rebuilt), each also logged once.",
+    ),
+    (
+        CLASSIFY_RELABELLED_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Earlier events a click burst or a trap hit showed to be a machine's, by outcome (relabelled: in the spool before they left; reclassify: named in a reclassify event because they may have left).",
     ),
     (
         SPOOL_STORE_SET_ASIDE_TOTAL,

@@ -229,6 +229,30 @@ pub fn filter(
     })
 }
 
+/// The segment with some records replaced: `replace` returns a record's new JSON,
+/// or `None` to keep it. `Ok(None)` when nothing was replaced.
+pub fn rewrite(
+    bytes: &[u8],
+    mut replace: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, RecordError> {
+    let records = decode(bytes)?.records()?;
+    let mut writer = SegmentWriter::new();
+    let mut changed = false;
+    for record in records {
+        match replace(record.json) {
+            Some(json) => {
+                changed = true;
+                writer.push_raw(RecordRef {
+                    ts_ms: record.ts_ms,
+                    json: &json,
+                });
+            }
+            None => writer.push_raw(record),
+        }
+    }
+    Ok(changed.then(|| writer.finish()))
+}
+
 /// Events in a stored segment (0 if unreadable: it is counted as it is removed).
 pub fn count_of(bytes: &[u8]) -> u64 {
     decode(bytes).map_or(0, |segment| u64::from(segment.count))

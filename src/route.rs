@@ -27,7 +27,7 @@ use crate::hit::Hit;
 use crate::keys::Keys;
 use crate::privacy::{Privacy, SkipReason};
 use crate::ratelimit::{Decision, RecordLimiter};
-use crate::spool::EventSender;
+use crate::spool::{EventSender, Relabel};
 use crate::token::{self, Claims, Kind, TokenError};
 use request_metrics::RequestMetrics;
 use response::Body;
@@ -306,8 +306,19 @@ fn verify(
     kind: Kind,
     now_secs: u64,
 ) -> Result<Claims, TokenError> {
+    verify_any(edge, route, token, &[kind], now_secs)
+}
+
+/// [`verify`] on a path that serves several kinds.
+fn verify_any(
+    edge: &Edge,
+    route: RouteName,
+    token: &str,
+    kinds: &[Kind],
+    now_secs: u64,
+) -> Result<Claims, TokenError> {
     let keys = edge.keys.ring();
-    token::verify(&keys, token, kind, now_secs, edge.max_token_bytes).inspect_err(|reason| {
+    token::verify_any(&keys, token, kinds, now_secs, edge.max_token_bytes).inspect_err(|reason| {
         edge.metrics.token_failed(route, *reason);
     })
 }
@@ -341,8 +352,8 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         Decision::Drop if unsubscribe => true,
         Decision::Drop => return,
     };
-    let enriched = edge.enrich.describe(hit, &claims, client);
     let id = edge.ids.next(hit.at_ms);
+    let enriched = edge.enrich.describe(hit, &claims, client, id);
     let mut event = Event::of_claims(
         claims,
         id,
@@ -362,8 +373,27 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     event.head = hit.head;
     event.self_open = marks.self_open;
     event.rate_limited = rate_limited;
+    // Rare (a burst's third click, a trap hit), so built only then.
+    let relabel = enriched.relabel.map(|relabel| Relabel {
+        reclassify: Event::reclassify(
+            edge.ids.next(hit.at_ms),
+            hit.at_ms,
+            &event,
+            Vec::new(),
+            relabel.verdict.class.clone(),
+            relabel.verdict.reason.clone(),
+        ),
+        ids: relabel.ids,
+        class: relabel.verdict.class,
+        reason: relabel.verdict.reason,
+    });
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);
+    }
+    if let Some(relabel) = relabel {
+        if !edge.events.relabel(relabel) {
+            edge.metrics.relabel_lost();
+        }
     }
 }
 

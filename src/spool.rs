@@ -30,11 +30,12 @@
 //! counted in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
 mod lease;
+mod relabel;
 mod sweep;
 mod writer;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,6 +51,7 @@ use crate::store::{Bytes, Seq, Store, StoreError};
 use crate::suppression::Suppressions;
 
 pub use lease::{Lease, Leased};
+pub use relabel::Relabel;
 pub use sweep::Erased;
 pub use writer::Writer;
 
@@ -146,6 +148,10 @@ pub struct Spool {
     /// subject is erased.
     sends: tokio::sync::RwLock<()>,
     max_age: Duration,
+    /// Segments younger than this are not leased yet (`classify.hold_back_ms`)...
+    hold_back: Duration,
+    /// ...until a graceful stop ends the holding: what is there goes out.
+    holding: AtomicBool,
     dropped: [Counter; DropReason::ALL.len()],
     drop_log: Mutex<RateLimitedLog>,
 }
@@ -189,6 +195,12 @@ impl Spool {
     /// A send holds this while it is under way (see [`Spool::pause_sends`]).
     pub async fn sending(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.sends.read().await
+    }
+
+    /// Stops holding events back: on a graceful stop everything held is forwarded
+    /// (no later hit can relabel it any more).
+    pub fn stop_holding_back(&self) {
+        self.holding.store(false, Ordering::Relaxed);
     }
 
     /// Records older than this (unix ms) are past retention.
@@ -301,6 +313,8 @@ enum Handoff {
     Event(Event),
     /// Answered once everything queued before it is committed.
     Barrier(tokio::sync::oneshot::Sender<()>),
+    /// Relabels events queued before it (boxed: rare, and large).
+    Relabel(Box<Relabel>),
 }
 
 /// Why [`EventSender::committed`] could not confirm the hand-off.
@@ -338,6 +352,14 @@ impl EventSender {
         };
         self.depth.fetch_sub(1, Ordering::Relaxed);
         Err(reason)
+    }
+
+    /// Queues a relabel of earlier events without waiting; false if the channel is
+    /// full or the writer has stopped (the events keep their first label).
+    pub fn relabel(&self, relabel: Relabel) -> bool {
+        self.channel
+            .try_send(Handoff::Relabel(Box::new(relabel)))
+            .is_ok()
     }
 
     /// Resolves once every event queued before the call is in the store (or the
@@ -411,6 +433,8 @@ pub fn start(
         epoch: AtomicU64::new(0),
         sends: tokio::sync::RwLock::new(()),
         max_age: config.max_age,
+        hold_back: config.hold_back,
+        holding: AtomicBool::new(!config.hold_back.is_zero()),
         dropped: dropped.clone(),
         drop_log: Mutex::new(RateLimitedLog::default()),
     });

@@ -226,6 +226,14 @@ impl Store {
     }
 
     /// Every value still held, oldest first (for counting, erasure and export).
+    /// Every value still held, newest first (recent events are found fastest).
+    pub fn iter_newest_first(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
+        self.events.iter().rev().map(|entry| {
+            let (key, value) = entry?;
+            Ok((seq_of(&key).unwrap_or_default(), value))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
         self.events.iter().map(|entry| {
             let (key, value) = entry?;

@@ -46,15 +46,19 @@ pub enum Kind {
     Unsubscribe,
     /// Marks the sender's own browser (self-open detection); never recorded.
     Sender,
+    /// A link no person clicks (put in a mail invisibly): whatever follows it is a
+    /// machine. Served under the click path so a scanner cannot tell it apart.
+    Trap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Open,
         Kind::Click,
         Kind::Download,
         Kind::Unsubscribe,
         Kind::Sender,
+        Kind::Trap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Kind {
             Kind::Download => "download",
             Kind::Unsubscribe => "unsubscribe",
             Kind::Sender => "sender",
+            Kind::Trap => "trap",
         }
     }
 
@@ -83,6 +88,7 @@ impl Kind {
             Kind::Download => 3,
             Kind::Unsubscribe => 4,
             Kind::Sender => 5,
+            Kind::Trap => 6,
         }
     }
 
@@ -103,6 +109,7 @@ impl Kind {
             Kind::Download => format!("/f/{token}"),
             Kind::Unsubscribe => format!("/u/{token}"),
             Kind::Sender => format!("/s/{token}"),
+            Kind::Trap => format!("/c/{token}"),
         }
     }
 }
@@ -408,6 +415,17 @@ pub fn verify(
     now: u64,
     max_len: usize,
 ) -> Result<Claims, TokenError> {
+    verify_any(keys, segment, &[expected], now, max_len)
+}
+
+/// [`verify`] for a path that serves several kinds (the click path serves traps).
+pub fn verify_any(
+    keys: &KeyRing,
+    segment: &str,
+    expected: &[Kind],
+    now: u64,
+    max_len: usize,
+) -> Result<Claims, TokenError> {
     if segment.len() > max_len {
         return Err(TokenError::TooLong);
     }
@@ -433,7 +451,7 @@ pub fn verify(
     if routing.is_some_and(|text| !routing::matches(key, text, &claims.tenant, &claims.message)) {
         return Err(TokenError::BadRoutingKey);
     }
-    if claims.kind != expected {
+    if !expected.contains(&claims.kind) {
         return Err(TokenError::WrongKind);
     }
     if claims.expires_at.is_some_and(|at| now > at) {

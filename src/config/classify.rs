@@ -2,6 +2,7 @@
 //! verdict uses.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -14,6 +15,7 @@ pub(super) struct RawClassify {
     rules_file: String,
     apple_mpp_cidrs: Vec<String>,
     fast_click_secs: u64,
+    hold_back_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct ClassifyConfig {
     pub rules_file: Option<PathBuf>,
     pub apple_mpp_cidrs: CidrSet,
     pub fast_click_secs: u64,
+    /// How long the spool holds events back before the forwarder may send them.
+    pub hold_back: Duration,
 }
 
 impl RawClassify {
@@ -30,6 +34,12 @@ impl RawClassify {
             apple_mpp_cidrs: CidrSet::parse(&self.apple_mpp_cidrs)
                 .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?,
             fast_click_secs: in_range("classify.fast_click_secs", self.fast_click_secs, 0, 86_400)?,
+            hold_back: Duration::from_millis(in_range(
+                "classify.hold_back_ms",
+                self.hold_back_ms,
+                0,
+                600_000,
+            )?),
         })
     }
 }

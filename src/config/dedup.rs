@@ -1,4 +1,4 @@
-//! `[dedup]`: the first-seen window and the click-burst rule.
+//! `[dedup]`: the first-seen window, the click-burst rule and the trap window.
 
 use serde::Deserialize;
 
@@ -14,6 +14,7 @@ pub(super) struct RawDedup {
     max_entries: usize,
     burst_links: usize,
     burst_window_ms: u64,
+    trap_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +23,9 @@ pub struct DedupSettings {
     pub max_entries: usize,
     pub burst_links: usize,
     pub burst_window_ms: u64,
+    /// Clicks of a message from the network that followed its trap link, this long
+    /// before or after the trap hit, are a machine's.
+    pub trap_window_ms: u64,
 }
 
 impl RawDedup {
@@ -32,6 +36,8 @@ impl RawDedup {
             max_entries: in_range("dedup.max_entries", self.max_entries, 2, 100_000_000)?,
             burst_links: in_range("dedup.burst_links", self.burst_links, 2, MAX_BURST_LINKS)?,
             burst_window_ms: in_range("dedup.burst_window_ms", self.burst_window_ms, 1, 60_000)?,
+            trap_window_ms: in_range("dedup.trap_window_secs", self.trap_window_secs, 1, 3600)?
+                * 1000,
         })
     }
 }
@@ -47,6 +53,7 @@ mod tests {
             ("[dedup]\nmax_entries = 1\n", "dedup.max_entries"),
             ("[dedup]\nburst_links = 9\n", "dedup.burst_links"),
             ("[dedup]\nburst_window_ms = 0\n", "dedup.burst_window_ms"),
+            ("[dedup]\ntrap_window_secs = 0\n", "dedup.trap_window_secs"),
         ] {
             let err = refused(text);
             assert!(err.contains(key), "{text}: {err}");

@@ -50,6 +50,8 @@ pub struct SpoolConfig {
     pub max_age: Duration,
     pub full_policy: FullPolicy,
     pub cache_bytes: u64,
+    /// `classify.hold_back_ms`: segments younger than this are not forwarded yet.
+    pub hold_back: Duration,
 }
 
 /// When spooled events become durable.
@@ -74,6 +76,7 @@ impl RawSpool {
         self,
         data_dir: &Path,
         retention: &RawRetention,
+        hold_back: Duration,
     ) -> Result<SpoolConfig, ConfigError> {
         if self.dir.is_empty() {
             return Err(invalid("spool.dir", "must not be empty"));
@@ -116,6 +119,7 @@ impl RawSpool {
             max_age: Duration::from_secs(retention.max_age_secs),
             full_policy: self.full_policy,
             cache_bytes: self.cache_bytes.max(1 << 20),
+            hold_back,
         })
     }
 }

@@ -56,6 +56,8 @@ struct Reasons {
     head: Arc<str>,
     fast_click: Arc<str>,
     burst: Arc<str>,
+    trap_link: Arc<str>,
+    trap_network: Arc<str>,
     none: Arc<str>,
 }
 
@@ -93,6 +95,8 @@ impl Classifier {
                 head: Arc::from("head_request"),
                 fast_click: Arc::from("fast_click_from_datacenter"),
                 burst: Arc::from("click_burst"),
+                trap_link: Arc::from("trap_link"),
+                trap_network: Arc::from("trap_network"),
                 none: Arc::from("no_signal"),
             },
         }
@@ -170,6 +174,22 @@ impl Classifier {
         Verdict {
             class: Class::new(ClassKind::LinkScanner, "burst"),
             reason: self.reasons.burst.clone(),
+        }
+    }
+
+    /// The verdict for a hit on a trap link: no person follows one.
+    pub fn trap_link(&self) -> Verdict {
+        Verdict {
+            class: Class::new(ClassKind::LinkScanner, "trap"),
+            reason: self.reasons.trap_link.clone(),
+        }
+    }
+
+    /// The verdict for a click from the network that followed the message's trap.
+    pub fn trap_network(&self) -> Verdict {
+        Verdict {
+            class: Class::new(ClassKind::LinkScanner, "trap"),
+            reason: self.reasons.trap_network.clone(),
         }
     }
 }

@@ -9,8 +9,8 @@ use metrics::{Counter, Histogram};
 
 use super::{HttpError, RouteName};
 use crate::metrics::{
-    EVENTS_EMITTED_TOTAL, HTTP_ERRORS_TOTAL, HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS,
-    TOKEN_FAILURES_TOTAL,
+    CLASSIFY_RELABELLED_EVENTS_TOTAL, EVENTS_EMITTED_TOTAL, HTTP_ERRORS_TOTAL, HTTP_REQUESTS_TOTAL,
+    HTTP_REQUEST_DURATION_SECONDS, TOKEN_FAILURES_TOTAL,
 };
 use crate::token::{Kind, TokenError};
 
@@ -67,6 +67,7 @@ pub struct RequestMetrics {
     routes: Vec<RouteMetrics>,
     emitted: [Option<Counter>; Kind::ALL.len()],
     refused: [Counter; HttpError::ALL.len()],
+    relabels_lost: Counter,
 }
 
 /// The status classes a route's answers fall in: what its handlers build (a bad
@@ -134,7 +135,17 @@ impl RequestMetrics {
             emitted: Kind::ALL.map(|kind| recorded(kind).then(|| emitted_counter(kind))),
             refused: HttpError::ALL
                 .map(|error| metrics::counter!(HTTP_ERRORS_TOTAL, "reason" => error.as_str())),
+            relabels_lost: {
+                let lost = metrics::counter!(CLASSIFY_RELABELLED_EVENTS_TOTAL, "outcome" => "lost");
+                lost.absolute(0);
+                lost
+            },
         }
+    }
+
+    /// A relabel found no room in the hand-off channel: its events keep their label.
+    pub fn relabel_lost(&self) {
+        self.relabels_lost.increment(1);
     }
 
     pub fn refused(&self, error: HttpError) {

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{DropReason, Spool};
+use crate::event::now_ms;
 use crate::record::{self, RecordRef};
 use crate::store::{Bytes, Seq, StoreError};
 
@@ -52,6 +53,10 @@ impl Spool {
     ) -> Result<Leased, StoreError> {
         let mut leased = Leased::default();
         let cutoff = self.cutoff_ms();
+        // Held back: segments with events younger than this wait (a burst or trap
+        // found meanwhile relabels them first).
+        let young_after = now_ms().saturating_sub(self.hold_back.as_millis() as u64);
+        let hold_back = self.holding.load(Ordering::Relaxed);
         let mut guard = self.guard();
         loop {
             let segments = self.store.read_from(from, SEGMENTS_PER_READ, max_bytes)?;
@@ -62,8 +67,14 @@ impl Spool {
             let mut taken: Vec<(Seq, Bytes)> = Vec::new();
             let mut events = 0;
             let mut corrupt = Vec::new();
+            let mut too_young = false;
             for (seq, bytes) in segments {
                 if !taken.is_empty() && events >= max_events as u64 {
+                    break;
+                }
+                if hold_back && record::decode(&bytes).is_ok_and(|s| s.newest_ts > young_after) {
+                    // Later segments are younger still: forward in order.
+                    too_young = true;
                     break;
                 }
                 from = seq + 1;
@@ -90,6 +101,10 @@ impl Spool {
             if !corrupt.is_empty() {
                 self.move_to_dead_letters(&guard, &corrupt)?;
                 leased.corrupt_segments += corrupt.len() as u64;
+            }
+            if taken.is_empty() && too_young {
+                leased.next = from;
+                return Ok(leased);
             }
             if !taken.is_empty() {
                 guard.leased.extend(taken.iter().map(|(seq, _)| *seq));

@@ -1,6 +1,7 @@
 //! Unit tests of the spool: group commits, bounds, leases, erasure, the barrier.
 use super::*;
 use crate::config::{Durability, FullPolicy};
+use crate::event::EventId;
 use crate::health::Health;
 use crate::record::SegmentWriter;
 use std::num::NonZeroUsize;
@@ -22,6 +23,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::DropOldest,
         cache_bytes: 8 << 20,
+        hold_back: Duration::ZERO,
     }
 }
 
@@ -289,4 +291,79 @@ fn drop_reasons_index_their_place_in_all() {
     for (at, reason) in DropReason::ALL.iter().enumerate() {
         assert_eq!(reason.index(), at);
     }
+}
+
+#[tokio::test]
+async fn hold_back_keeps_young_segments_from_the_forwarder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.hold_back = Duration::from_secs(60);
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, [event(1, now - 120_000)]).await;
+    committed(&sender, [event(2, now)]).await;
+    let lease = spool.lease(0, 100, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease_messages(&lease), ["m1"], "the young one waits");
+    drop(lease);
+    writer.finish().await;
+}
+
+fn relabel_of(ids: &[u128]) -> Relabel {
+    let class: crate::enrich::verdict::Class = "link_scanner:burst".parse().unwrap();
+    Relabel {
+        ids: ids.iter().map(|&n| EventId(n)).collect(),
+        class: class.clone(),
+        reason: "click_burst".into(),
+        reclassify: Event::reclassify(
+            EventId(1 << 100),
+            now_ms(),
+            &event(0, 0),
+            Vec::new(),
+            class,
+            "click_burst".into(),
+        ),
+    }
+}
+
+fn classes(spool: &Spool) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in spool.store.iter() {
+        let (_, bytes) = entry.unwrap();
+        for record in record::decode(&bytes).unwrap().records().unwrap() {
+            let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
+            out.push((
+                json["message"].as_str().unwrap().to_owned(),
+                json["class"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_relabel_rewrites_held_events_and_names_the_ones_that_may_have_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(1).unwrap();
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (1..=4).map(|n| event(n, now))).await;
+    let lease = spool.lease(0, 1, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease_messages(&lease), ["m1"]);
+    // 1 is in flight, 2 and 3 are held, 99 is gone.
+    let reclassify = spool.relabel(&relabel_of(&[1, 2, 3, 99])).unwrap().unwrap();
+    assert_eq!(reclassify.ids, [EventId(1), EventId(99)]);
+    assert_eq!(reclassify.kind.as_str(), "reclassify");
+    let classes = classes(&spool);
+    assert_eq!(classes[0], ("m1".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[1], ("m2".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[2], ("m3".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[3], ("m4".into(), "human".into()));
+    assert!(lease.is_stale(), "the lease reads its segment again");
+    assert!(
+        spool.relabel(&relabel_of(&[4])).unwrap().is_none(),
+        "all held"
+    );
+    drop(lease);
+    writer.finish().await;
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
 
-use super::{DropReason, Handoff, Spool};
+use super::{DropReason, Handoff, Relabel, Spool};
 use crate::config::{Durability, FullPolicy, SpoolConfig};
 use crate::health::Heartbeat;
 use crate::metrics as m;
@@ -131,6 +131,13 @@ impl WriterTask {
                         }
                     }
                     Ok(Handoff::Barrier(done)) => barriers.push(done),
+                    Ok(Handoff::Relabel(relabel)) => {
+                        // What it names was queued before it: store that first.
+                        if !segment.is_empty() {
+                            self.commit(std::mem::take(&mut segment));
+                        }
+                        self.relabel(*relabel);
+                    }
                     Err(TryRecvError::Empty) => break (false, false),
                     Err(TryRecvError::Disconnected) => break (true, false),
                 }
@@ -147,6 +154,22 @@ impl WriterTask {
             let _ = done.send(());
         }
         disconnected
+    }
+
+    /// Relabels what the spool still holds; what may have left already is named
+    /// in a `reclassify` event instead.
+    fn relabel(&mut self, relabel: Relabel) {
+        match self.spool.relabel(&relabel) {
+            Ok(Some(reclassify)) => {
+                let mut segment = SegmentWriter::new();
+                match segment.push(&reclassify) {
+                    Ok(()) => self.commit(segment),
+                    Err(err) => self.failed(&err, 1),
+                }
+            }
+            Ok(None) => {}
+            Err(err) => self.failed(&err, 0),
+        }
     }
 
     fn is_full(&self, segment: &SegmentWriter) -> bool {
