@@ -316,6 +316,7 @@ async fn queue_erasure_record(edge: &Edge, tenant: &str, recipient: &str) -> boo
             // Not a hit: the class fields only keep the schema uniform.
             class: crate::enrich::classify::Class::HUMAN,
             class_reason: "erasure_record".into(),
+            certainty: crate::enrich::verdict::Certainty::Certain,
             first: false,
             dnt: false,
             gpc: false,

@@ -17,6 +17,9 @@ use crate::enrich::client_ip::{self, Source};
 use crate::enrich::dedup::{DedupSettings, MAX_BURST_LINKS};
 use crate::ratelimit::{Action, RateLimitSettings};
 
+mod classify;
+pub use classify::{ClassifyConfig, RawClassify};
+
 /// The default configuration, compiled in so the binary runs anywhere.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/trackedge.toml");
 /// Where `serve` looks first when no `--config` is given.
@@ -239,14 +242,6 @@ pub struct RawGeoip {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawClassify {
-    pub rules_file: String,
-    pub apple_mpp_cidrs: Vec<String>,
-    pub fast_click_secs: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct RawDedup {
     pub window_secs: u64,
     pub max_entries: usize,
@@ -285,10 +280,7 @@ impl Default for RawRateLimit {
     }
 }
 
-fn validate_rate_limit(
-    raw: &RawRateLimit,
-    apple_mpp_cidrs: &CidrSet,
-) -> Result<RateLimitSettings, ConfigError> {
+fn validate_rate_limit(raw: &RawRateLimit) -> Result<RateLimitSettings, ConfigError> {
     if !(raw.events_per_sec.is_finite() && raw.events_per_sec > 0.0 && raw.events_per_sec <= 1e6) {
         return Err(invalid(
             "rate_limit.events_per_sec",
@@ -296,7 +288,7 @@ fn validate_rate_limit(
         ));
     }
     let exempt = if raw.exempt_apple_mpp {
-        apple_mpp_cidrs.clone()
+        crate::enrich::networks::apple_mpp_cidrs()
     } else {
         CidrSet::default()
     };
@@ -368,16 +360,6 @@ impl Default for RawGeoip {
             city_db: String::new(),
             asn_db: String::new(),
             reload_interval_ms: 5000,
-        }
-    }
-}
-
-impl Default for RawClassify {
-    fn default() -> Self {
-        Self {
-            rules_file: String::new(),
-            apple_mpp_cidrs: vec!["17.0.0.0/8".into()],
-            fast_click_secs: 60,
         }
     }
 }
@@ -592,13 +574,6 @@ pub struct GeoipConfig {
     pub city_db: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
     pub reload_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClassifyConfig {
-    pub rules_file: Option<PathBuf>,
-    pub apple_mpp_cidrs: CidrSet,
-    pub fast_click_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -880,17 +855,7 @@ impl RawConfig {
         if public.addr == admin_addr && public.addr.port() != 0 {
             return Err(invalid("admin.addr", "must differ from public.addr"));
         }
-        let classify = ClassifyConfig {
-            rules_file: non_empty(self.classify.rules_file).map(PathBuf::from),
-            apple_mpp_cidrs: CidrSet::parse(&self.classify.apple_mpp_cidrs)
-                .map_err(|e| invalid("classify.apple_mpp_cidrs", e.to_string()))?,
-            fast_click_secs: in_range(
-                "classify.fast_click_secs",
-                self.classify.fast_click_secs,
-                0,
-                86_400,
-            )?,
-        };
+        let classify = self.classify.validate()?;
         Ok(Config {
             node_id,
             data_dir: PathBuf::from(&self.data_dir),
@@ -942,7 +907,7 @@ impl RawConfig {
                     100,
                 )?,
             },
-            rate_limit: validate_rate_limit(&self.rate_limit, &classify.apple_mpp_cidrs)?,
+            rate_limit: validate_rate_limit(&self.rate_limit)?,
             classify,
             dedup: validate_dedup(&self.dedup)?,
         })

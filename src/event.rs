@@ -12,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::enrich::classify::Class;
 use crate::enrich::geo::{Asn, Geo};
 use crate::enrich::ua::Client;
+use crate::enrich::verdict::{Certainty, Class};
 use crate::token::Kind;
 
 pub const SCHEMA_VERSION: u8 = 1;
@@ -52,6 +52,8 @@ pub struct Event {
     pub class: Class,
     /// What decided `class`.
     pub class_reason: Arc<str>,
+    /// How sure the edge is of `class`: certain | probable.
+    pub certainty: Certainty,
     /// First hit for this message (and link) on this node within `dedup.window_secs`.
     pub first: bool,
     pub dnt: bool,
@@ -204,6 +206,7 @@ mod tests {
             client: None,
             class: "proxy_open:gmail".parse().unwrap(),
             class_reason: "google_image_proxy".into(),
+            certainty: Certainty::Certain,
             first: true,
             dnt: false,
             gpc: true,
@@ -226,6 +229,7 @@ mod tests {
         );
         assert_eq!(json["class"], "proxy_open:gmail");
         assert_eq!(json["class_reason"], "google_image_proxy");
+        assert_eq!(json["certainty"], "certain");
         assert_eq!(json["first"], true);
     }
 }

@@ -12,6 +12,7 @@
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness.
+//! - [`build_asn`]: `trackedge geoip build-asn`, an ASN database from free CSVs.
 //!
 //! # The life of a hit
 //! A request for `/c/{token}` is accepted by [`server`] (TCP or rustls), parsed by
@@ -49,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod build_asn;
 pub mod config;
 pub mod enrich;
 pub mod event;

@@ -1,4 +1,4 @@
-//! The `trackedge` command: `serve`, `check-config`, `sign`.
+//! The `trackedge` command: `serve`, `check-config`, `sign`, `geoip build-asn`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -31,6 +31,23 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Print a signed tracking URL.
     Sign(Box<SignArgs>),
+    /// GeoIP database tools.
+    #[command(subcommand)]
+    Geoip(GeoipCommand),
+}
+
+#[derive(Subcommand)]
+enum GeoipCommand {
+    /// Build a GeoLite2-ASN-shaped database (for geoip.asn_db) from the free
+    /// ip-location-db ASN CSVs (start_ip,end_ip,asn,organisation; CC BY 4.0).
+    BuildAsn {
+        /// CSV files, e.g. asn-ipv4.csv asn-ipv6.csv from @ip-location-db/asn.
+        #[arg(long = "csv", required = true, num_args = 1..)]
+        csv: Vec<PathBuf>,
+        /// The .mmdb file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -98,23 +115,35 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.load()?),
         Command::CheckConfig(args) => {
             let config = args.load()?;
-            // Loads the GeoIP databases and the rules file exactly as `serve` would.
-            trackedge::enrich::Enricher::new(&config, trackedge::event::now_ms())?;
+            init_logging(&config);
+            // Loads the GeoIP databases, the rules and network sets exactly as
+            // `serve` would (and warns as it would).
+            let enricher = trackedge::enrich::Enricher::new(&config, trackedge::event::now_ms())?;
+            let on = |loaded: bool| if loaded { "loaded" } else { "off" };
             println!(
-                "config ok: public {} admin {} data_dir {} tls certificates {} geoip {}",
+                "config ok: public {} admin {} data_dir {} tls certificates {} geoip city {} asn {} classify {}",
                 config.public.addr,
                 config.admin.addr,
                 config.data_dir.display(),
                 config.public.tls.len(),
-                if config.geoip.city_db.is_some() {
-                    "on"
-                } else {
-                    "off"
-                }
+                on(config.geoip.city_db.is_some()),
+                on(enricher.has_asn_db()),
+                enricher.rules_summary(),
             );
             Ok(())
         }
         Command::Sign(args) => sign(*args),
+        Command::Geoip(GeoipCommand::BuildAsn { csv, out }) => {
+            let summary = trackedge::build_asn::build(&csv, &out)?;
+            println!(
+                "wrote {}: {} rows, {} networks ({} blocks in IPv4-aliased IPv6 space left out)",
+                out.display(),
+                summary.rows,
+                summary.networks,
+                summary.aliased
+            );
+            Ok(())
+        }
     }
 }
 

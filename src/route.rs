@@ -362,6 +362,7 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         client: enriched.client,
         class: enriched.verdict.class,
         class_reason: enriched.verdict.reason,
+        certainty: enriched.verdict.certainty,
         first: enriched.first,
         dnt: marks.dnt,
         gpc: marks.gpc,

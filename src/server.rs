@@ -172,6 +172,14 @@ pub async fn run(
         config.tokens.reload_interval,
         background.clone(),
     ));
+    if let Some(rules) = enricher.operator_rules() {
+        tokio::spawn(reload::watch(
+            "classification rules",
+            rules,
+            config.classify.reload_interval,
+            background.clone(),
+        ));
+    }
     if enricher.has_databases() {
         tokio::spawn(reload::watch(
             "GeoIP databases",

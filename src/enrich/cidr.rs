@@ -42,6 +42,11 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         key(ip) & mask(self.prefix) == self.network
     }
+
+    /// The first and last address as [`key`]s, both inclusive.
+    pub fn range(&self) -> (u128, u128) {
+        (self.network, self.network | !mask(self.prefix))
+    }
 }
 
 impl FromStr for Cidr {
@@ -152,6 +157,19 @@ mod tests {
         assert!(!set.contains(ip("192.0.2.6")));
         assert!(set.contains(ip("::1")));
         assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn ranges_are_inclusive_in_the_ipv6_space() {
+        let v4: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(v4.range(), (key(ip("192.0.2.0")), key(ip("192.0.2.255"))));
+        let all: Cidr = "::/0".parse().unwrap();
+        assert_eq!(all.range(), (0, u128::MAX));
+        let host: Cidr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            host.range(),
+            (key(ip("2001:db8::1")), key(ip("2001:db8::1")))
+        );
     }
 
     #[test]
