@@ -290,6 +290,8 @@ def render(doc: dict, asn_comments: dict[int, str], header: list[str]) -> str:
     lines = list(header)
     for key in ("name", "vendor", "purpose", "notes"):
         lines.append(f"{key} = {q(doc[key])}")
+    if doc.get("datacenter") is True:
+        lines.append("datacenter = true")
     lines.append("")
     if doc.get("cidrs"):
         lines.append("cidrs = [")

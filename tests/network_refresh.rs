@@ -272,8 +272,9 @@ fn refresh_rewrites_each_vendor_format_into_its_catalogue_file() {
         cidrs_from(&aws, "aws-ip-ranges"),
         set(&["3.5.140.0/22", "2600:1f18::/33"])
     );
-    // The ASNs and their source are left alone.
+    // The ASNs, their source and the data-centre flag are left alone.
     assert_eq!(aws["asns"], aws_before["asns"]);
+    assert_eq!(aws["datacenter"].as_bool(), Some(true));
     assert_eq!(
         source(&aws, "routeviews-rir-asn")["retrieved"],
         source(&aws_before, "routeviews-rir-asn")["retrieved"]
