@@ -6,127 +6,17 @@
 //! The script is Python 3.11+ (standard library). Under CI (`CI=true`) a missing
 //! `python3` fails the test; elsewhere it is skipped with a printed reason.
 
+mod fixture_http;
+
+use fixture_http::{route, FixtureServer};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 const DATE: &str = "2031-02-03";
 
-/// Serves fixed responses by request path, one request per connection, and records
-/// the paths asked for. Stops on drop.
-struct FixtureServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<String>>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl FixtureServer {
-    fn start(routes: HashMap<String, (u16, String)>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop_flag, seen_paths) = (stop.clone(), seen.clone());
-        let handle = std::thread::spawn(move || {
-            // Bounded: a test makes a handful of requests.
-            for stream in listener.incoming().take(64) {
-                if stop_flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    serve(stream, &routes, &seen_paths);
-                }
-            }
-        });
-        FixtureServer {
-            addr,
-            stop,
-            seen,
-            handle: Some(handle),
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().expect("seen lock").clone()
-    }
-}
-
-impl Drop for FixtureServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, routes: &HashMap<String, (u16, String)>, seen: &Mutex<Vec<String>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(&stream);
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line == "\r\n" || line == "\n" => break,
-            Ok(_) => {}
-        }
-    }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    if path.is_empty() {
-        return;
-    }
-    seen.lock().expect("seen lock").push(path.clone());
-    let (status, body) = routes
-        .get(&path)
-        .cloned()
-        .unwrap_or((404, "not found".to_string()));
-    let reason = if status == 200 { "OK" } else { "Error" };
-    let mut out = &stream;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
 fn python3() -> Option<&'static str> {
-    let works = Command::new("python3")
-        .arg("-c")
-        .arg("import sys, tomllib; sys.exit(0 if sys.version_info >= (3, 11) else 1)")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if works {
-        return Some("python3");
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "python3 (3.11 or newer) is required by tests/network_refresh.rs; .ci/run installs it"
-        );
-    }
-    eprintln!("skipping: python3 3.11+ not found (scripts/refresh-networks.py needs it)");
-    None
+    fixture_http::python3("tests/network_refresh.rs").then_some("python3")
 }
 
 fn repo() -> PathBuf {
@@ -184,10 +74,6 @@ fn source<'a>(table: &'a toml::Table, id: &str) -> &'a toml::Table {
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-fn route(path: &str, status: u16, body: &str) -> (String, (u16, String)) {
-    (path.to_string(), (status, body.to_string()))
 }
 
 const APPLE_CSV: &str = "172.224.226.0/27,US,US-CA,Los Angeles,\n172.224.226.32/27,US,US-CA,Los Angeles,\n2a02:26f7:b3c0:4000::/64,US,US-CA,Los Angeles,\n";
