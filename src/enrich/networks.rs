@@ -418,6 +418,52 @@ mod tests {
     }
 
     #[test]
+    fn shipped_sets_hold_no_special_purpose_addresses() {
+        // IANA's special-purpose registries (RFC 6890 and successors): no client on
+        // the internet comes from these, so a vendor list holding one is a copying
+        // error (a geofeed's example rows, say) and would catch private test rigs.
+        let special: Vec<Cidr> = [
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "::/127",
+            "fc00::/7",
+            "fe80::/10",
+            "2001:db8::/32",
+            "ff00::/8",
+        ]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+        let overlaps = |a: &Cidr, b: &Cidr| {
+            let ((a0, a1), (b0, b1)) = (a.range(), b.range());
+            a0 <= b1 && b0 <= a1
+        };
+        for set in &Catalogue::parse_shipped().unwrap().sets {
+            for cidr in &set.cidrs {
+                for reserved in &special {
+                    assert!(
+                        !overlaps(cidr, reserved),
+                        "{}: {cidr:?} overlaps {reserved:?}",
+                        set.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn operator_sets_add_to_the_shipped_ones_and_may_not_reuse_a_name() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("acme-scan.toml"), SET).unwrap();
