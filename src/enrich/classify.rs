@@ -9,15 +9,18 @@
 //!
 //! 1. the operator's rules;
 //! 2. self-declared bots: woothee's crawler category or a vendored crawler-user-agents
-//!    pattern -> `bot` (certain), except agents that a shipped `proxy_open` or
-//!    `prefetch` rule recognises (Gmail's and Yahoo's image proxies are in the list);
+//!    pattern -> `bot` (certain); a machine's mark in an agent that names no crawler
+//!    (a URL, a contact address, `compatible; ...bot`) -> `bot` (probable); except
+//!    agents that a shipped `proxy_open` or `prefetch` rule recognises (Gmail's and
+//!    Yahoo's image proxies are in the list);
 //! 3. the shipped vendor catalogue;
 //! 4. heuristics: a hit within `classify.fast_<kind>_secs` of the signed `sent_at` from
 //!    a data-centre network -> `link_scanner:datacenter` (probable); HEAD -> `bot`
 //!    (certain: no browser fetches a pixel or follows a link with HEAD); no agent ->
 //!    `bot` (certain); oversized, non-ASCII, markup, garbage agents and HTTP libraries
 //!    -> `bot` (probable);
-//! 5. the positive client check: a browser or a mail client -> `human` (probable);
+//! 5. the positive client check: a browser, a mail client or a phone or desktop app's
+//!    own HTTP stack -> `human` (probable);
 //!    anything else -> `bot`, reason `unrecognised` (probable).
 //!
 //! Rules are compiled once at start and again when the rules file or the network
@@ -76,6 +79,7 @@ pub struct Signals<'a> {
 struct Engine {
     woothee_crawler: Verdict,
     crawler_list: Verdict,
+    bot_marker: Verdict,
     fast_after_send: Verdict,
     head: Verdict,
     no_user_agent: Verdict,
@@ -86,6 +90,7 @@ struct Engine {
     http_library: Verdict,
     browser: Verdict,
     mail_client: Verdict,
+    app: Verdict,
     unrecognised: Verdict,
     burst: Verdict,
 }
@@ -100,6 +105,7 @@ impl Engine {
         Engine {
             woothee_crawler: bot("ua_crawler", Certain),
             crawler_list: bot("crawler_list", Certain),
+            bot_marker: bot("ua_bot_marker", Probable),
             fast_after_send: scanner("datacenter", "fast_after_send", Probable),
             head: bot("head_request", Certain),
             no_user_agent: bot("no_user_agent", Certain),
@@ -110,15 +116,18 @@ impl Engine {
             http_library: bot("http_library", Probable),
             browser: Verdict::new(Class::HUMAN, "browser", Probable),
             mail_client: Verdict::new(Class::HUMAN, "mail_client", Probable),
+            app: Verdict::new(Class::HUMAN, "app", Probable),
             unrecognised: bot("unrecognised", Probable),
             burst: scanner("burst", "click_burst", Probable),
         }
     }
 
-    fn all(&self) -> [&Verdict; 14] {
+    fn all(&self) -> [&Verdict; 16] {
         [
             &self.woothee_crawler,
             &self.crawler_list,
+            &self.bot_marker,
+            &self.app,
             &self.fast_after_send,
             &self.head,
             &self.no_user_agent,
@@ -343,6 +352,7 @@ impl Classifier {
                 return match declared {
                     SelfDeclared::Woothee => engine.woothee_crawler.clone(),
                     SelfDeclared::CrawlerList => engine.crawler_list.clone(),
+                    SelfDeclared::Marker => engine.bot_marker.clone(),
                 };
             }
         }
@@ -376,6 +386,7 @@ impl Classifier {
         match agent.person {
             Some(PersonClient::Browser) => engine.browser.clone(),
             Some(PersonClient::MailClient) => engine.mail_client.clone(),
+            Some(PersonClient::App) => engine.app.clone(),
             None => engine.unrecognised.clone(),
         }
     }

@@ -32,6 +32,7 @@ const MAX_REGEX_BYTES: usize = 1 << 20;
 pub const ENGINE_REASONS: &[&str] = &[
     "ua_crawler",
     "crawler_list",
+    "ua_bot_marker",
     "fast_after_send",
     "head_request",
     "no_user_agent",
@@ -42,6 +43,7 @@ pub const ENGINE_REASONS: &[&str] = &[
     "http_library",
     "browser",
     "mail_client",
+    "app",
     "unrecognised",
     "click_burst",
 ];
