@@ -1,7 +1,8 @@
 //! Classification through the real binary: the operator's rules file and network
 //! directory reloaded on change and on SIGHUP (a broken file keeps the rules in force,
-//! counted and logged), the verdict's fields and metrics, and `geoip build-asn`'s
-//! answers to bad input.
+//! counted and logged), the verdict's fields and metrics, `geoip build-asn`'s answers
+//! to bad input, and ASN rules: a warning at start without `geoip.asn_db`, a match with
+//! a database that `geoip build-asn` wrote.
 
 mod common;
 
@@ -249,4 +250,79 @@ fn geoip_build_asn_names_the_bad_row_and_writes_nothing() {
         .unwrap();
     assert!(check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("asn loaded"));
+}
+
+/// Runs `trackedge geoip build-asn` on one CSV.
+fn build_asn(csv: &Path, out: &Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["geoip", "build-asn", "--csv"])
+        .arg(csv)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asn_rules_warn_at_start_without_an_asn_database_and_match_with_one_from_build_asn() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        "[[rule]]\nname = \"acme-asn\"\nclass = \"link_scanner\"\nwho = \"acme\"\n\
+         certainty = \"probable\"\nkinds = [\"click\"]\nasns = [64511]\n",
+    )
+    .unwrap();
+    let csv = dir.path().join("asn-ipv4.csv");
+    std::fs::write(
+        &csv,
+        "192.0.2.0,192.0.2.255,64511,\"Acme Scanning, Inc.\"\n",
+    )
+    .unwrap();
+    let db = dir.path().join("asn.mmdb");
+    let built = build_asn(&csv, &db);
+    assert!(built.status.success(), "{built:?}");
+    // No exempt ASNs: the rule alone must bring the warning.
+    let base = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n[rate_limit]\nexempt_asns = []\n\
+         [classify]\nrules_file = {:?}\n",
+        rules_path.display().to_string()
+    );
+
+    let mut without = TestServer::start(&base);
+    click(&without, "m1", "192.0.2.9").await;
+    assert!(without.terminate().success());
+    let stderr = without.stderr();
+    assert!(
+        stderr.contains("geoip.asn_db is not set") && stderr.contains("rule acme-asn"),
+        "{stderr}"
+    );
+    let events = without.events();
+    assert_eq!(
+        (&events[0]["class"], &events[0]["class_reason"]),
+        (&"human".into(), &"browser".into())
+    );
+
+    let mut with = TestServer::start(&format!(
+        "{base}[geoip]\nasn_db = {:?}\n",
+        db.display().to_string()
+    ));
+    click(&with, "m2", "192.0.2.9").await;
+    assert!(with.terminate().success());
+    assert!(!with.stderr().contains("geoip.asn_db is not set"));
+    let events = with.events();
+    assert_eq!(events[0]["asn"]["number"], 64511);
+    assert_eq!(events[0]["asn"]["org"], "Acme Scanning, Inc.");
+    assert_eq!(
+        (
+            &events[0]["class"],
+            &events[0]["class_reason"],
+            &events[0]["certainty"]
+        ),
+        (
+            &"link_scanner:acme".into(),
+            &"acme-asn".into(),
+            &"probable".into()
+        )
+    );
 }

@@ -8,7 +8,8 @@
 //! (`cargo test --test classify_corpus -- --nocapture`), and fails unless, with the
 //! ASN database, no person is counted as a machine, at most 2% of machine rows are
 //! counted as people, and class+who is right for at least 97% of rows. Without the
-//! database no person may be counted as a machine either.
+//! database no person may be counted as a machine either, and a row named as some
+//! vendor's traffic in both runs must name the same vendor (one vendor, one slug).
 
 mod common;
 
@@ -348,11 +349,26 @@ async fn the_corpus_is_classified_within_the_targets() {
     let dir = tempfile::tempdir().unwrap();
     let asn_db = build_asn_db(dir.path());
 
-    let without = score("without an ASN database", &run(&rows, None).await);
+    let results_without = run(&rows, None).await;
+    let results_with = run(&rows, Some(&asn_db)).await;
+    let without = score("without an ASN database", &results_without);
     let with = score(
         "with an ASN database (geoip build-asn of tests/corpus/asn-fixture.csv)",
-        &run(&rows, Some(&asn_db)).await,
+        &results_with,
     );
+
+    // One vendor, one slug: where both runs name whose traffic a row is, they agree.
+    for ((row, class_without, ..), (_, class_with, ..)) in results_without.iter().zip(&results_with)
+    {
+        let who = |class: &str| class.split_once(':').map(|(_, who)| who.to_owned());
+        if let (Some(a), Some(b)) = (who(class_without), who(class_with)) {
+            assert_eq!(
+                a, b,
+                "{}: {class_without} without, {class_with} with ASN data",
+                row.id
+            );
+        }
+    }
 
     assert_eq!(
         without.human_as_machine, 0,

@@ -569,3 +569,128 @@ fn the_bursts_verdict_and_counting() {
     );
     f.classifier.count(&burst);
 }
+
+#[test]
+fn first_match_in_file_order_and_the_operator_before_the_catalogue() {
+    let f = fixture(
+        r#"
+[[rule]]
+name = "acme-probable"
+class = "link_scanner"
+who = "acme"
+certainty = "probable"
+cidrs = ["10.7.0.0/16"]
+
+[[rule]]
+name = "acme-certain"
+class = "link_scanner"
+who = "acme"
+certainty = "certain"
+cidrs = ["10.7.1.0/24"]
+ua_contains = ["Chrome/"]
+
+[[rule]]
+name = "our-proxy-is-a-person"
+class = "human"
+certainty = "certain"
+ua_contains = ["GoogleImageProxy"]
+cidrs = ["10.8.0.0/16"]
+"#,
+    );
+    let gmail =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    let googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    check(
+        &f,
+        &[
+            (
+                "both hold: the earlier rule wins, with its certainty",
+                hit(Kind::Click, CHROME).from("10.7.1.1"),
+                "link_scanner:acme acme-probable probable",
+            ),
+            (
+                "an operator rule overrides a shipped one",
+                hit(Kind::Open, gmail).from("10.8.0.1"),
+                "human our-proxy-is-a-person certain",
+            ),
+            (
+                "the shipped rule where the operator's does not hold",
+                hit(Kind::Open, gmail),
+                "proxy_open:gmail gmail-image-proxy-ua probable",
+            ),
+            (
+                "a catalogue network rule (Microsoft's mail filtering)",
+                hit(Kind::Click, CHROME).from("40.92.1.1"),
+                "link_scanner:microsoft microsoft-eop probable",
+            ),
+            (
+                "a self-declared crawler from that network stays a crawler",
+                hit(Kind::Click, googlebot).from("40.92.1.1"),
+                "bot ua_crawler certain",
+            ),
+            (
+                "a machine's mark in a browser agent",
+                hit(
+                    Kind::Click,
+                    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36 cl0q-crawler/1.0 (+https://cl0q.com/bot)",
+                ),
+                "bot ua_bot_marker probable",
+            ),
+            (
+                "a phone's own HTTP stack",
+                hit(
+                    Kind::Open,
+                    "Dalvik/2.1.0 (Linux; U; Android 11; SM-A325N Build/RP1A.200720.012)",
+                ),
+                "human app probable",
+            ),
+            (
+                "Outlook for iOS is no woothee browser, and a person",
+                hit(Kind::Open, "Outlook-iOS/709.2189947.prod.iphone (4.71.0)"),
+                "human mail_client probable",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn every_engine_reason_is_reserved_from_rule_names() {
+    let engine = Engine::new();
+    let mut given: Vec<&str> = engine.all().iter().map(|v| &*v.reason).collect();
+    let mut reserved = crate::enrich::rules::ENGINE_REASONS.to_vec();
+    given.sort_unstable();
+    reserved.sort_unstable();
+    assert_eq!(given, reserved);
+}
+
+/// Agents from matomo-org/device-detector's Tests/fixtures/bots.yml (commit 3856a28692).
+#[test]
+fn regional_webmail_proxies_keep_their_names() {
+    let f = fixture("");
+    let ukrnet = "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/55.0.2883.87 Safari/537.36 (via secureurl.fwdcdn.com - mail.ukr.net proxy)";
+    check(
+        &f,
+        &[
+            (
+                "Seznam",
+                hit(Kind::Open, "Mozilla/5.0 SeznamEmailProxy/2.0.174"),
+                "proxy_open:seznam seznam-email-proxy probable",
+            ),
+            (
+                "Rambler",
+                hit(Kind::Open, "RamblerMail/6.0 (incompatible; ImageProxy/6.0)"),
+                "proxy_open:rambler rambler-mail-image-proxy probable",
+            ),
+            (
+                "ukr.net: a browser agent with the proxy's note",
+                hit(Kind::Open, ukrnet),
+                "proxy_open:ukrnet ukrnet-mail-proxy probable",
+            ),
+            (
+                "ukr.net on a link is no person's click",
+                hit(Kind::Click, ukrnet),
+                "prefetch:ukrnet ukrnet-mail-proxy-link probable",
+            ),
+        ],
+    );
+}
