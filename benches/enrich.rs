@@ -109,6 +109,31 @@ fn enrich(c: &mut Criterion) {
             })
         });
     }
+    // The verdict alone, the agent's facts already in hand: what classification adds
+    // to the UA cache lookup above.
+    let parsed = facts.get_current(
+        UA.as_bytes(),
+        |f| f.generation == book.generation,
+        |text| UaFacts::derive(&classifier, &book, text),
+    );
+    c.bench_function("classify/verdict_human_open", |b| {
+        b.iter(|| {
+            classifier.classify(
+                &book,
+                black_box(&Signals {
+                    kind: Kind::Open,
+                    method: Method::Get,
+                    ip: home,
+                    asn: Some(64_500),
+                    secs_since_sent: Some(3600),
+                    headers: &empty,
+                    agent: Some(&parsed.facts.agent),
+                    ua_rules: &parsed.facts.rules,
+                    ua_bytes: UA.len(),
+                }),
+            )
+        })
+    });
     c.bench_function("classify/ua_miss", |b| {
         b.iter(|| UaFacts::derive(&classifier, &book, black_box(UA)))
     });

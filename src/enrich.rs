@@ -240,14 +240,14 @@ impl Enricher {
         if seen.burst && verdict.class.kind == ClassKind::Human {
             verdict = self.classifier.burst();
         }
-        self.classifier.count(&verdict);
+        self.classifier.count(verdict);
         Enrichment {
             ip,
             ua: parsed.as_ref().map(|p| p.ua.clone()),
             client: parsed.and_then(|p| p.facts.client.clone()),
             geo,
             asn,
-            verdict,
+            verdict: verdict.clone(),
             first: seen.first,
         }
     }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 /// `::ffff:0:0/96`, where IPv4 addresses live in the IPv6 space.
-const V4_MAPPED: u128 = 0xffff_0000_0000;
+pub(crate) const V4_MAPPED: u128 = 0xffff_0000_0000;
 
 /// One network: the masked address (IPv6 space) and its prefix length (0-128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

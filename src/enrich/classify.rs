@@ -333,8 +333,9 @@ impl Classifier {
         }
     }
 
-    /// The verdict for one hit, in the documented order.
-    pub fn classify(&self, book: &Book, s: &Signals<'_>) -> Verdict {
+    /// The verdict for one hit, in the documented order: a rule's or the engine's own,
+    /// borrowed (the caller clones what it keeps).
+    pub fn classify<'a>(&'a self, book: &'a Book, s: &Signals<'_>) -> &'a Verdict {
         let rules = &book.rules;
         let origin = rules.origin(s.ip, s.asn);
         let request = RequestFacts {
@@ -344,56 +345,56 @@ impl Classifier {
             headers: s.headers,
         };
         if let Some(verdict) = rules.first_match(Part::Operator, s.ua_rules, &origin, &request) {
-            return verdict.clone();
+            return verdict;
         }
         let engine = &self.engine;
         if let Some(declared) = s.agent.and_then(|a| a.self_declared) {
             if !s.ua_rules.known_proxy {
                 return match declared {
-                    SelfDeclared::Woothee => engine.woothee_crawler.clone(),
-                    SelfDeclared::CrawlerList => engine.crawler_list.clone(),
-                    SelfDeclared::Marker => engine.bot_marker.clone(),
+                    SelfDeclared::Woothee => &engine.woothee_crawler,
+                    SelfDeclared::CrawlerList => &engine.crawler_list,
+                    SelfDeclared::Marker => &engine.bot_marker,
                 };
             }
         }
         if let Some(verdict) = rules.first_match(Part::Shipped, s.ua_rules, &origin, &request) {
-            return verdict.clone();
+            return verdict;
         }
         let fast = Kind::ALL
             .iter()
             .position(|k| *k == s.kind)
             .map_or(0, |index| self.fast_secs[index]);
         if fast > 0 && s.secs_since_sent.is_some_and(|secs| secs <= fast) && origin.datacenter() {
-            return engine.fast_after_send.clone();
+            return &engine.fast_after_send;
         }
         if s.method == Method::Head {
-            return engine.head.clone();
+            return &engine.head;
         }
         let Some(agent) = s.agent.filter(|a| !a.blank) else {
-            return engine.no_user_agent.clone();
+            return &engine.no_user_agent;
         };
         if s.ua_bytes > self.oversized_ua_bytes {
-            return engine.oversized.clone();
+            return &engine.oversized;
         }
         if let Some(oddity) = agent.oddity {
             return match oddity {
-                Oddity::NonAscii => engine.non_ascii.clone(),
-                Oddity::Markup => engine.markup.clone(),
-                Oddity::Garbage => engine.garbage.clone(),
-                Oddity::HttpLibrary => engine.http_library.clone(),
+                Oddity::NonAscii => &engine.non_ascii,
+                Oddity::Markup => &engine.markup,
+                Oddity::Garbage => &engine.garbage,
+                Oddity::HttpLibrary => &engine.http_library,
             };
         }
         match agent.person {
-            Some(PersonClient::Browser) => engine.browser.clone(),
-            Some(PersonClient::MailClient) => engine.mail_client.clone(),
-            Some(PersonClient::App) => engine.app.clone(),
-            None => engine.unrecognised.clone(),
+            Some(PersonClient::Browser) => &engine.browser,
+            Some(PersonClient::MailClient) => &engine.mail_client,
+            Some(PersonClient::App) => &engine.app,
+            None => &engine.unrecognised,
         }
     }
 
     /// The verdict for a click that completed a burst of clicks on one message.
-    pub fn burst(&self) -> Verdict {
-        self.engine.burst.clone()
+    pub fn burst(&self) -> &Verdict {
+        &self.engine.burst
     }
 
     /// Counts the verdict an event carries (after any relabel).

@@ -122,20 +122,22 @@ impl Fixture {
                 book.rules.ua_rules(Some(text)),
             )
         });
-        self.classifier.classify(
-            &book,
-            &Signals {
-                kind: hit.kind,
-                method: hit.method,
-                ip: hit.ip.parse().unwrap(),
-                asn: hit.asn,
-                secs_since_sent: hit.secs,
-                headers: &headers,
-                agent: facts.as_ref().map(|(agent, _)| agent),
-                ua_rules: facts.as_ref().map_or(&book.no_ua, |(_, rules)| rules),
-                ua_bytes: hit.ua.as_ref().map_or(0, String::len),
-            },
-        )
+        self.classifier
+            .classify(
+                &book,
+                &Signals {
+                    kind: hit.kind,
+                    method: hit.method,
+                    ip: hit.ip.parse().unwrap(),
+                    asn: hit.asn,
+                    secs_since_sent: hit.secs,
+                    headers: &headers,
+                    agent: facts.as_ref().map(|(agent, _)| agent),
+                    ua_rules: facts.as_ref().map_or(&book.no_ua, |(_, rules)| rules),
+                    ua_bytes: hit.ua.as_ref().map_or(0, String::len),
+                },
+            )
+            .clone()
     }
 
     /// `class reason certainty`, as one string for compact tables.
@@ -554,7 +556,7 @@ fn a_reload_swaps_the_rules_and_a_broken_file_keeps_them() {
 #[test]
 fn the_bursts_verdict_and_counting() {
     let f = fixture("");
-    let burst = f.classifier.burst();
+    let burst = f.classifier.burst().clone();
     assert_eq!(
         (
             burst.class.to_string(),

@@ -5,7 +5,8 @@
 //! Input: at compile time, (CIDR, label) and (ASN, label) entries from
 //! [`super::rulebook`], where a label is a bit set over rules plus the data-centre
 //! flag. Output: per hit, borrowed [`Label`]s: no allocation, one binary search over
-//! the ranges and one hash lookup. Invariants: the ranges are disjoint and sorted (the
+//! the ranges (IPv4 addresses over a copy of the IPv4 part with 32-bit keys, a quarter
+//! of the bytes to touch) and one hash lookup. Invariants: the ranges are disjoint and sorted (the
 //! entries' ranges are cut where any entry starts or ends, and each piece carries the
 //! union of the labels covering it); equal labels are stored once; IPv4 addresses live
 //! in the IPv6 space as `::ffff:a.b.c.d` ([`super::cidr::key`]), so IPv4-mapped
@@ -14,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::cidr::{key, Cidr};
+use super::cidr::{key, Cidr, V4_MAPPED};
 
 /// What an address or ASN says about the rules: which rules' origin condition holds
 /// (bit `i` for rule `i`) and whether it is a data-centre network.
@@ -49,6 +50,10 @@ pub struct OriginIndex {
     starts: Vec<u128>,
     /// The label index of each range, or [`NONE`].
     ranges: Vec<u32>,
+    /// The same ranges inside `::ffff:0.0.0.0/96`, keyed by the IPv4 address; the
+    /// first starts at 0.0.0.0.
+    v4_starts: Vec<u32>,
+    v4_ranges: Vec<u32>,
     asns: HashMap<u32, u32, foldhash::fast::RandomState>,
     labels: Vec<Label>,
 }
@@ -153,25 +158,40 @@ impl OriginIndex {
                 ranges.push(id);
             }
         }
+        let (v4_starts, v4_ranges) = ipv4_part(&starts, &ranges);
         OriginIndex {
             starts,
             ranges,
+            v4_starts,
+            v4_ranges,
             asns,
             labels: interner.labels,
         }
     }
 
     pub fn lookup(&self, ip: IpAddr, asn: Option<u32>) -> Origin<'_> {
-        let key = key(ip);
-        let at = self.starts.partition_point(|start| *start <= key);
-        let ip = match at {
-            0 => None,
-            at => self.label(self.ranges[at - 1]),
+        let v4 = match ip {
+            IpAddr::V4(v4) => Some(u32::from(v4)),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(u32::from),
         };
+        let id = match v4 {
+            Some(v4) => {
+                let at = self.v4_starts.partition_point(|start| *start <= v4);
+                // v4_starts[0] is 0, so `at` is at least 1.
+                self.v4_ranges[at - 1]
+            }
+            None => range_at(&self.starts, &self.ranges, key(ip)),
+        };
+        let ip = self.label(id);
         let asn = asn
             .and_then(|asn| self.asns.get(&asn))
             .and_then(|&id| self.label(id));
         Origin { ip, asn }
+    }
+
+    #[cfg(test)]
+    fn lookup_wide(&self, ip: IpAddr) -> Option<&Label> {
+        self.label(range_at(&self.starts, &self.ranges, key(ip)))
     }
 
     fn label(&self, id: u32) -> Option<&Label> {
@@ -182,6 +202,28 @@ impl OriginIndex {
     pub fn ranges(&self) -> usize {
         self.ranges.iter().filter(|id| **id != NONE).count()
     }
+}
+
+/// The label id of the range holding `key`, or [`NONE`].
+fn range_at(starts: &[u128], ranges: &[u32], key: u128) -> u32 {
+    match starts.partition_point(|start| *start <= key) {
+        0 => NONE,
+        at => ranges[at - 1],
+    }
+}
+
+/// The ranges inside `::ffff:0.0.0.0/96`, keyed by the IPv4 address, starting at 0.
+fn ipv4_part(starts: &[u128], ranges: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let end = V4_MAPPED | u128::from(u32::MAX);
+    let mut v4_starts = vec![0];
+    let mut v4_ranges = vec![range_at(starts, ranges, V4_MAPPED)];
+    for (start, id) in starts.iter().zip(ranges) {
+        if *start > V4_MAPPED && *start <= end {
+            v4_starts.push((*start - V4_MAPPED) as u32);
+            v4_ranges.push(*id);
+        }
+    }
+    (v4_starts, v4_ranges)
 }
 
 #[cfg(test)]
@@ -272,5 +314,44 @@ mod tests {
         );
         assert_eq!(index.ranges(), 1);
         assert_eq!(index.labels.len(), 1);
+    }
+
+    #[test]
+    fn ipv4_lookups_agree_with_the_wide_table() {
+        let index = OriginIndex::build(
+            vec![
+                ("::/0".parse().unwrap(), label(1, false)),
+                ("0.0.0.0/8".parse().unwrap(), label(2, false)),
+                ("10.0.0.0/8".parse().unwrap(), label(4, true)),
+                ("10.1.0.0/16".parse().unwrap(), label(8, false)),
+                ("255.255.255.0/24".parse().unwrap(), label(16, false)),
+                ("::ffff:0:0/97".parse().unwrap(), label(32, false)),
+            ],
+            Vec::new(),
+            1,
+        );
+        let mut probes: Vec<u32> = vec![0, 1, u32::MAX, u32::MAX - 256, 0x7fff_ffff, 0x8000_0000];
+        for boundary in [
+            0x0a00_0000u32,
+            0x0a01_0000,
+            0x0b00_0000,
+            0x0100_0000,
+            0xffff_ff00,
+        ] {
+            probes.extend([boundary.wrapping_sub(1), boundary, boundary + 1]);
+        }
+        // A fixed spread over the whole space.
+        probes.extend((0..4096u32).map(|i| i.wrapping_mul(0x9E37_79B9)));
+        for v4 in probes {
+            let ip = IpAddr::V4(v4.into());
+            let mapped = IpAddr::V6(std::net::Ipv4Addr::from(v4).to_ipv6_mapped());
+            let wide = index.lookup_wide(ip);
+            assert_eq!(index.lookup(ip, None).ip, wide, "{ip}");
+            assert_eq!(index.lookup(mapped, None).ip, wide, "{mapped}");
+        }
+        assert_eq!(rules(&index, "0.0.0.1", None), (0b10_0011, false));
+        assert_eq!(rules(&index, "128.0.0.1", None), (0b1, false));
+        assert_eq!(rules(&index, "10.1.0.1", None), (0b10_1101, true));
+        assert_eq!(rules(&index, "::1", None), (0b1, false));
     }
 }
