@@ -4,7 +4,9 @@
 //! headers, on a token signed with `sent_at` so that the seconds since the send hold;
 //! the events are read back from the file sink. Run twice: without an ASN database,
 //! and with one built by `trackedge geoip build-asn` from `tests/corpus/asn-fixture.csv`.
-//! Prints accuracy per class and both confusion directions
+//! The metrics of the run must agree with the events (classified events by class family
+//! and certainty, rule hits by reason), and the `reason` label may take only the rules'
+//! names and the engine's reasons. Prints accuracy per class and both confusion directions
 //! (`cargo test --test classify_corpus -- --nocapture`), and fails unless, with the
 //! ASN database, no person is counted as a machine, at most 2% of machine rows are
 //! counted as people, and class+who is right for at least 97% of rows. Without the
@@ -206,6 +208,7 @@ async fn run(rows: &[Row], asn_db: Option<&Path>) -> Vec<(Row, String, String, S
             response.status()
         );
     }
+    let metrics = server.metrics().await;
     assert!(server.terminate().success(), "{}", server.stderr());
     let mut by_message: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for event in server.events() {
@@ -215,7 +218,8 @@ async fn run(rows: &[Row], asn_db: Option<&Path>) -> Vec<(Row, String, String, S
             "{message} twice"
         );
     }
-    rows.iter()
+    let results: Vec<(Row, String, String, String)> = rows
+        .iter()
         .filter(|row| !unsendable(row))
         .map(|row| {
             assert!(!by_message.contains_key(&row.id) || !unsendable(row));
@@ -230,7 +234,68 @@ async fn run(rows: &[Row], asn_db: Option<&Path>) -> Vec<(Row, String, String, S
                 text("certainty"),
             )
         })
-        .collect()
+        .collect();
+    check_metrics(&metrics, &results);
+    results
+}
+
+/// The metrics agree with the events, and the `reason` label only takes the rules'
+/// names and the engine's own reasons, whatever the requests carried.
+fn check_metrics(metrics: &str, results: &[(Row, String, String, String)]) {
+    let shipped: toml::Table =
+        toml::from_str(trackedge::enrich::rules::SHIPPED_RULES).expect("shipped rules");
+    let mut allowed: Vec<String> = trackedge::enrich::rules::ENGINE_REASONS
+        .iter()
+        .map(|reason| reason.to_string())
+        .collect();
+    for rule in shipped["rule"].as_array().expect("rules") {
+        allowed.push(rule["name"].as_str().expect("name").to_owned());
+    }
+    let mut reasons = 0;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("trackedge_classify_rule_hits_total{reason=\"") else {
+            continue;
+        };
+        let reason = rest.split('"').next().unwrap_or_default();
+        assert!(
+            allowed.iter().any(|a| a == reason),
+            "reason label {reason:?}"
+        );
+        reasons += 1;
+    }
+    assert_eq!(
+        reasons,
+        allowed.len(),
+        "every reason is exported from the start"
+    );
+    let mut by_reason: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut by_family: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for (_, class, reason, certainty) in results {
+        *by_reason.entry(reason.as_str()).or_default() += 1.0;
+        *by_family
+            .entry((family(class), certainty.as_str()))
+            .or_default() += 1.0;
+    }
+    for reason in &allowed {
+        let series = format!("trackedge_classify_rule_hits_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            common::metric_value(metrics, &series),
+            Some(by_reason.get(reason.as_str()).copied().unwrap_or(0.0)),
+            "{series}"
+        );
+    }
+    for class in ["human", "proxy_open", "prefetch", "link_scanner", "bot"] {
+        for certainty in ["certain", "probable"] {
+            let series = format!(
+                "trackedge_enrich_classified_total{{class=\"{class}\",certainty=\"{certainty}\"}}"
+            );
+            assert_eq!(
+                common::metric_value(metrics, &series),
+                Some(by_family.get(&(class, certainty)).copied().unwrap_or(0.0)),
+                "{series}"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Default)]
