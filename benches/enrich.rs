@@ -1,8 +1,11 @@
 //! The enrich stage piece by piece and whole, on the fixture GeoIP databases.
 //!
 //! Run: `cargo bench --bench enrich -- --warm-up-time 1 --measurement-time 3`.
-//! Targets on the 2-core dev VM: cached user agent < 100 ns, GeoIP lookup < 1 µs,
-//! whole enrichment < 2 µs (medians).
+//! Targets on the 2-core dev VM: cached user agent < 100 ns, classification of a
+//! cached agent (cache hit + verdict, `classify/cached_ua_*`) < 200 ns, GeoIP lookup
+//! < 1 µs, whole enrichment < 2 µs (medians). `classify/verdict_human_open` is the
+//! verdict alone (agent facts in hand): what classification adds to `ua/cached`, the
+//! floor to compare against on a loaded machine.
 
 #[path = "../tests/common/mmdb.rs"]
 mod mmdb;
@@ -18,8 +21,10 @@ use trackedge::enrich::cidr::CidrSet;
 use trackedge::enrich::classify::{Classifier, Signals};
 use trackedge::enrich::client_ip::{ClientIp, Source};
 use trackedge::enrich::geo::{Db, DbKind};
+use trackedge::enrich::rules::Method;
 use trackedge::enrich::ua::{self, UaCache};
 use trackedge::enrich::Enricher;
+use trackedge::enrich::UaFacts;
 use trackedge::event::EventId;
 use trackedge::hit::Hit;
 use trackedge::{Claims, Kind};
@@ -68,20 +73,79 @@ fn enrich(c: &mut Criterion) {
         b.iter(|| resolver.resolve(black_box(peer), &headers))
     });
 
-    let classifier = Classifier::new(None, CidrSet::parse(&["17.0.0.0/8"]).expect("mpp"), 60);
-    let matched = classifier.match_user_agent(UA, false);
-    c.bench_function("classify/human_open", |b| {
+    // Classification as the enrich stage runs it: the agent's facts come from the UA
+    // cache (derived once per distinct agent), then the verdict for the hit.
+    let classifier = Classifier::new(&config.classify).expect("rules compile");
+    let book = classifier.book();
+    let facts: UaCache<UaFacts> = UaCache::new(10_000, 512);
+    let empty = HeaderMap::new();
+    let home: IpAddr = "81.2.69.160".parse().expect("ip");
+    let relay: IpAddr = "104.28.28.1".parse().expect("ip");
+    for (name, ua, ip) in [
+        ("classify/cached_ua_human_open", UA, home),
+        ("classify/cached_ua_mpp_open", "Mozilla/5.0", relay),
+    ] {
+        facts.get(ua.as_bytes(), |text| {
+            UaFacts::derive(&classifier, &book, text)
+        });
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let parsed = facts.get_current(
+                    black_box(ua.as_bytes()),
+                    |f| f.generation == book.generation,
+                    |text| UaFacts::derive(&classifier, &book, text),
+                );
+                classifier.classify(
+                    &book,
+                    black_box(&Signals {
+                        kind: Kind::Open,
+                        method: Method::Get,
+                        ip,
+                        asn: Some(64_500),
+                        secs_since_sent: Some(3600),
+                        headers: &empty,
+                        agent: Some(&parsed.facts.agent),
+                        ua_rules: &parsed.facts.rules,
+                        ua_bytes: ua.len(),
+                    }),
+                )
+            })
+        });
+    }
+    // The verdict alone, the agent's facts already in hand: what classification adds
+    // to the UA cache lookup above.
+    let parsed = facts.get_current(
+        UA.as_bytes(),
+        |f| f.generation == book.generation,
+        |text| UaFacts::derive(&classifier, &book, text),
+    );
+    c.bench_function("classify/verdict_human_open", |b| {
         b.iter(|| {
-            classifier.classify(black_box(&Signals {
-                kind: Kind::Open,
-                head: false,
-                ip,
-                asn: Some(64_500),
-                secs_since_sent: Some(3600),
-                ua: Some(&matched),
-            }))
+            classifier.classify(
+                &book,
+                black_box(&Signals {
+                    kind: Kind::Open,
+                    method: Method::Get,
+                    ip: home,
+                    asn: Some(64_500),
+                    secs_since_sent: Some(3600),
+                    headers: &empty,
+                    agent: Some(&parsed.facts.agent),
+                    ua_rules: &parsed.facts.rules,
+                    ua_bytes: UA.len(),
+                }),
+            )
         })
     });
+    c.bench_function("classify/ua_miss", |b| {
+        b.iter(|| UaFacts::derive(&classifier, &book, black_box(UA)))
+    });
+    let mut slow = c.benchmark_group("classify_compile");
+    slow.sample_size(10);
+    slow.bench_function("classify/compile", |b| {
+        b.iter(|| Classifier::new(black_box(&config.classify)).expect("rules compile"))
+    });
+    slow.finish();
 
     let enricher = Enricher::new(&config, 0).expect("enricher");
     let claims = Claims {

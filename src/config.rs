@@ -253,7 +253,7 @@ impl RawConfig {
             client_ip: self.client_ip.validate()?,
             user_agent: self.user_agent.validate()?,
             geoip: self.geoip.validate()?,
-            rate_limit: self.rate_limit.validate(&classify.apple_mpp_cidrs)?,
+            rate_limit: self.rate_limit.validate()?,
             classify,
             dedup: self.dedup.validate()?,
             data_dir,

@@ -3,18 +3,25 @@
 //!
 //! Input: the request's [`Hit`] (peer, headers, HEAD) and its verified [`Claims`].
 //! Output: an [`Enrichment`] that `route::record` puts into the event. The parts, in
-//! order: [`client_ip`] (trusted proxy headers) -> [`ua`] (woothee, cached, with the
-//! user-agent half of classification) -> [`geo`] (City and ASN databases) ->
-//! [`dedup`] (first/duplicate, bursts) -> [`classify`]. Invariants: everything is in
-//! memory, nothing waits on disk or a lock held across I/O (databases are swapped in
-//! by [`crate::reload::watch`] from a blocking thread); the full client address leaves this stage
-//! only inside the `Enrichment`, and `route` writes just its truncated form.
+//! order: [`client_ip`] (trusted proxy headers) -> [`ua`] (woothee, cached, with
+//! everything classification reads from the agent alone: [`agents`] and the rules'
+//! agent conditions) -> [`geo`] (City and ASN databases) -> [`dedup`]
+//! (first/duplicate, bursts) -> [`classify`] (over [`rules`] compiled into a
+//! [`rulebook`] with the [`networks`] catalogue). Invariants: everything is in memory,
+//! nothing waits on disk or a lock held across I/O (databases and rules are swapped
+//! in by [`crate::reload::watch`] from a blocking thread); the full client address
+//! leaves this stage only inside the `Enrichment`, and `route` writes just its
+//! truncated form.
 
+pub mod agents;
 pub mod cidr;
 pub mod classify;
 pub mod client_ip;
 pub mod dedup;
 pub mod geo;
+pub mod networks;
+pub mod origin;
+pub mod rulebook;
 pub mod rules;
 pub(crate) mod twogen;
 pub mod ua;
@@ -44,10 +51,13 @@ use crate::event::EventId;
 use crate::hit::Hit;
 use crate::metrics as m;
 use crate::token::{Claims, Kind};
-use classify::{ClassKind, Classifier, RuleSet, RulesError, Signals, UaMatch, Verdict};
+use agents::AgentFacts;
+use classify::{Book, ClassKind, Classifier, RulesError, Signals, Verdict};
 use client_ip::{ClientIp, Origin};
 use dedup::{Dedup, RelabelCause};
 use geo::{Asn, Db, DbKind, Geo, GeoError};
+use rulebook::UaRules;
+use rules::Method;
 use ua::{Client, UaCache};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,22 +77,27 @@ impl EnrichError {
     }
 }
 
-/// What one distinct user agent tells, cached with it.
+/// What one distinct user agent tells, cached with it: woothee's reading, what the
+/// agent says by itself, and which rules' agent conditions it meets under the rules
+/// of `generation`.
 #[derive(Debug)]
 pub struct UaFacts {
     /// `None` when woothee recognised nothing.
     pub client: Option<Arc<Client>>,
-    pub matched: UaMatch,
+    pub agent: AgentFacts,
+    pub rules: UaRules,
+    pub generation: u64,
 }
 
 impl UaFacts {
     /// What the cache stores for one (already cut) agent string.
-    pub fn derive(classifier: &Classifier, ua: &str) -> UaFacts {
+    pub fn derive(classifier: &Classifier, book: &Book, ua: &str) -> UaFacts {
         let client = ua::parse(ua);
-        let matched = classifier.match_user_agent(ua, client.is_crawler());
         UaFacts {
+            agent: classifier.agent_facts(ua, &client),
+            rules: book.rules.ua_rules(Some(ua)),
+            generation: book.generation,
             client: (client != Client::default()).then(|| Arc::new(client)),
-            matched,
         }
     }
 }
@@ -122,7 +137,6 @@ pub struct Relabel {
 struct StageMetrics {
     origin: [Counter; 2],
     malformed: Counter,
-    classified: [Counter; 5],
 }
 
 impl StageMetrics {
@@ -136,9 +150,6 @@ impl StageMetrics {
                 zero(metrics::counter!(m::ENRICH_CLIENT_IP_TOTAL, "source" => origin.as_str()))
             }),
             malformed: zero(metrics::counter!(m::ENRICH_CLIENT_IP_MALFORMED_TOTAL)),
-            classified: ClassKind::ALL.map(|class| {
-                zero(metrics::counter!(m::ENRICH_CLASSIFIED_TOTAL, "class" => class.as_str()))
-            }),
         }
     }
 }
@@ -148,7 +159,7 @@ pub struct Enricher {
     ua: UaCache<UaFacts>,
     city: Option<Db>,
     asn: Option<Db>,
-    classifier: Classifier,
+    classifier: Arc<Classifier>,
     dedup: Dedup,
     metrics: StageMetrics,
 }
@@ -168,12 +179,8 @@ impl Enricher {
                 "no GeoIP database configured (geoip.city_db): events carry no geo fields"
             );
         }
-        let operator = config
-            .classify
-            .rules_file
-            .as_deref()
-            .map(RuleSet::load)
-            .transpose()?;
+        let classifier = Classifier::new(&config.classify)?;
+        warn_without_asn_db(config, &classifier);
         Ok(Enricher {
             client_ip: ClientIp::new(
                 config.client_ip.trusted_proxies.clone(),
@@ -185,11 +192,7 @@ impl Enricher {
             ),
             city,
             asn,
-            classifier: Classifier::new(
-                operator,
-                config.classify.apple_mpp_cidrs.clone(),
-                config.classify.fast_click_secs,
-            ),
+            classifier: Arc::new(classifier),
             dedup: Dedup::new(config.dedup, now_ms),
             metrics: StageMetrics::register(),
         })
@@ -221,22 +224,39 @@ impl Enricher {
         id: EventId,
     ) -> Enrichment {
         let ClientAddr { ip, asn } = client;
-        let parsed = hit.headers.get(USER_AGENT).map(|raw| {
-            self.ua
-                .get(raw.as_bytes(), |ua| UaFacts::derive(&self.classifier, ua))
+        let book = self.classifier.book();
+        let raw_ua = hit.headers.get(USER_AGENT);
+        let parsed = raw_ua.map(|raw| {
+            self.ua.get_current(
+                raw.as_bytes(),
+                |facts| facts.generation == book.generation,
+                |ua| UaFacts::derive(&self.classifier, &book, ua),
+            )
         });
         let geo = self.city.as_ref().and_then(|db| db.city(ip));
         let seen = self.dedup.observe(claims, hit.at_ms, id, network_key(ip));
-        let mut verdict = self.classifier.classify(&Signals {
-            kind: claims.kind,
-            head: hit.head,
-            ip,
-            asn: asn.as_ref().map(|a| a.number),
-            secs_since_sent: claims
-                .sent_at
-                .map(|sent| (hit.at_ms / 1000).saturating_sub(sent)),
-            ua: parsed.as_ref().map(|p| &p.facts.matched),
-        });
+        let mut verdict = self.classifier.classify(
+            &book,
+            &Signals {
+                kind: claims.kind,
+                // Recorded unsubscribes are always the RFC 8058 POST; other kinds
+                // record GET and HEAD.
+                method: match (hit.head, claims.kind) {
+                    (true, _) => Method::Head,
+                    (false, Kind::Unsubscribe) => Method::Post,
+                    (false, _) => Method::Get,
+                },
+                ip,
+                asn: asn.as_ref().map(|a| a.number),
+                secs_since_sent: claims
+                    .sent_at
+                    .map(|sent| (hit.at_ms / 1000).saturating_sub(sent)),
+                headers: hit.headers,
+                agent: parsed.as_ref().map(|p| &p.facts.agent),
+                ua_rules: parsed.as_ref().map_or(&book.no_ua, |p| &p.facts.rules),
+                ua_bytes: raw_ua.map_or(0, |raw| raw.len()),
+            },
+        );
         if claims.kind == Kind::Trap {
             verdict = self.classifier.trap_link();
         } else if seen.trapped {
@@ -248,17 +268,18 @@ impl Enricher {
             verdict: match seen.cause {
                 RelabelCause::Burst => self.classifier.burst(),
                 RelabelCause::Trap => self.classifier.trap_network(),
-            },
+            }
+            .clone(),
             ids: seen.relabel,
         });
-        self.metrics.classified[verdict.class.kind.index()].increment(1);
+        self.classifier.count(verdict);
         Enrichment {
             ip,
             ua: parsed.as_ref().map(|p| p.ua.clone()),
             client: parsed.and_then(|p| p.facts.client.clone()),
             geo,
             asn,
-            verdict,
+            verdict: verdict.clone(),
             first: seen.first,
             relabel,
         }
@@ -273,10 +294,48 @@ impl Enricher {
         self.databases().next().is_some()
     }
 
-    /// Whether an ASN database is loaded (ASN rules and exemptions need one).
+    /// The classifier, to watch its operator files for changes, if any are configured.
+    pub fn operator_rules(&self) -> Option<Arc<Classifier>> {
+        self.classifier
+            .has_operator_sources()
+            .then(|| self.classifier.clone())
+    }
+
+    /// The rules in force, for `check-config`.
+    pub fn rules_summary(&self) -> String {
+        let book = self.classifier.book();
+        let rules = &book.rules;
+        format!(
+            "rules {} operator + {} shipped, network sets {} operator + {} shipped",
+            rules.operator_rules(),
+            rules.shipped_rules(),
+            rules.operator_sets,
+            rules.shipped_sets
+        )
+    }
+
+    /// Whether an ASN database is loaded (for `check-config`).
     pub fn has_asn_db(&self) -> bool {
         self.asn.is_some()
     }
+}
+
+/// ASN conditions and exemptions do nothing without an ASN database: say so once.
+fn warn_without_asn_db(config: &Config, classifier: &Classifier) {
+    if config.geoip.asn_db.is_some() {
+        return;
+    }
+    let users = classifier.asn_users();
+    let exempt = &config.rate_limit.exempt_asns;
+    if users.is_empty() && exempt.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        classify_asn_users = users.len(),
+        examples = %users.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        rate_limit_exempt_asns = exempt.len(),
+        "geoip.asn_db is not set: ASN conditions of classification rules and network sets, and rate_limit.exempt_asns, match nothing (CIDRs still do); build one with `trackedge geoip build-asn`"
+    );
 }
 
 impl crate::reload::Reloadable for Enricher {
@@ -333,33 +392,37 @@ mod tests {
     }
 
     /// Real-world agents: (agent, browser, os, category, class of an open from a home
-    /// network, class of an open from Apple's network).
+    /// network, class of an open from iCloud Private Relay's egress, which Mail Privacy
+    /// Protection loads images through: only its bare "Mozilla/5.0" is MPP, a browser
+    /// there is a person on Private Relay).
     const AGENTS: &[(&str, &str, &str, &str, &str, &str)] = &[
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "Chrome", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
-        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)", "", "Mac OSX", "pc", "human", "prefetch:apple_mpp"),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "Webview", "iPhone", "smartphone", "human", "prefetch:apple_mpp"),
-        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36", "Chrome", "Android", "smartphone", "human", "prefetch:apple_mpp"),
-        ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17531; Pro)", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1", "", "Windows 10", "pc", "human", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", "Chrome", "Windows 10", "pc", "human", "human"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)", "", "Mac OSX", "pc", "human", "human"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "Webview", "iPhone", "smartphone", "human", "human"),
+        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.82 Mobile Safari/537.36", "Chrome", "Android", "smartphone", "human", "human"),
+        ("Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17531; Pro)", "", "Windows 10", "pc", "human", "human"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1", "", "Windows 10", "pc", "human", "human"),
+        ("Mozilla/5.0", "", "", "", "bot", "prefetch:apple_mpp"),
         // Gmail's proxy: woothee sees Firefox 11 on Windows XP; the rules know better.
         ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)", "Firefox", "Windows XP", "pc", "proxy_open:gmail", "proxy_open:gmail"),
         ("YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html", "", "", "", "proxy_open:yahoo", "proxy_open:yahoo"),
-        ("Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534+ (KHTML, like Gecko) BingPreview/1.0b", "BingPreview", "", "crawler", "link_scanner:microsoft", "link_scanner:microsoft"),
-        ("Microsoft Office Existence Discovery", "", "", "", "link_scanner:microsoft", "link_scanner:microsoft"),
+        // A crawler to woothee, but the catalogue knows it as a link previewer.
+        ("Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/534+ (KHTML, like Gecko) BingPreview/1.0b", "BingPreview", "", "crawler", "prefetch:microsoft", "prefetch:microsoft"),
+        ("Microsoft Office Existence Discovery", "", "", "", "prefetch:microsoft_office", "prefetch:microsoft_office"),
         ("Barracuda Sentinel (EE)", "", "", "", "link_scanner:barracuda", "link_scanner:barracuda"),
-        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot", "", "crawler", "bot", "prefetch:apple_mpp"),
-        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot", "", "crawler", "bot", "prefetch:apple_mpp"),
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot", "", "crawler", "bot", "bot"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot", "", "crawler", "bot", "bot"),
         ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", "Chrome", "Linux", "pc", "bot", "bot"),
         ("python-requests/2.31.0", "", "", "", "bot", "bot"),
         ("curl/8.5.0", "HTTP Library", "", "misc", "bot", "bot"),
-        ("\u{2603} garbage %%% ;;", "", "", "", "human", "prefetch:apple_mpp"),
-        ("", "", "", "", "bot", "prefetch:apple_mpp"),
+        ("\u{2603} garbage %%% ;;", "", "", "", "bot", "bot"),
+        ("", "", "", "", "bot", "bot"),
     ];
 
     #[test]
     fn real_world_agents_parse_and_classify() {
         let e = enricher("");
-        for &(ua, browser, os, category, home, apple) in AGENTS {
+        for &(ua, browser, os, category, home, relay) in AGENTS {
             let got = run(&e, Kind::Open, Some(ua.as_bytes()), "198.51.100.7");
             let client = got.client.as_deref().cloned().unwrap_or_default();
             assert_eq!(
@@ -369,8 +432,12 @@ mod tests {
             );
             assert_eq!(got.verdict.class.to_string(), home, "{ua} from home");
             assert_eq!(got.ua.as_deref(), Some(ua));
-            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "17.58.0.9");
-            assert_eq!(got.verdict.class.to_string(), apple, "{ua} from Apple");
+            let got = run(&e, Kind::Open, Some(ua.as_bytes()), "104.28.28.1");
+            assert_eq!(
+                got.verdict.class.to_string(),
+                relay,
+                "{ua} from Private Relay"
+            );
         }
     }
 

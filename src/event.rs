@@ -11,9 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::enrich::classify::Class;
 use crate::enrich::geo::{Asn, Geo};
 use crate::enrich::ua::Client;
+use crate::enrich::verdict::{Certainty, Class};
 use crate::token::{Claims, Kind};
 
 pub const SCHEMA_VERSION: u8 = 1;
@@ -51,6 +51,8 @@ pub struct Event {
     pub class: Class,
     /// What decided `class`.
     pub class_reason: Arc<str>,
+    /// How sure the edge is of `class`: certain | probable.
+    pub certainty: Certainty,
     /// First hit for this message (and link) on this node within `dedup.window_secs`.
     pub first: bool,
     pub dnt: bool,
@@ -104,6 +106,7 @@ impl Event {
             client: None,
             class: Class::HUMAN,
             class_reason,
+            certainty: Certainty::Certain,
             first: false,
             dnt: false,
             gpc: false,
@@ -125,6 +128,7 @@ impl Event {
         ids: Vec<EventId>,
         class: Class,
         reason: Arc<str>,
+        certainty: Certainty,
     ) -> Event {
         let mut event = Event::of_claims(
             Claims::new(
@@ -140,6 +144,7 @@ impl Event {
         );
         event.kind = EventKind::Reclassify;
         event.class = class;
+        event.certainty = certainty;
         event.ids = ids;
         event
     }
@@ -385,6 +390,7 @@ mod tests {
             client: None,
             class: "proxy_open:gmail".parse().unwrap(),
             class_reason: "google_image_proxy".into(),
+            certainty: Certainty::Certain,
             first: true,
             dnt: false,
             gpc: true,
@@ -409,6 +415,7 @@ mod tests {
         );
         assert_eq!(json["class"], "proxy_open:gmail");
         assert_eq!(json["class_reason"], "google_image_proxy");
+        assert_eq!(json["certainty"], "certain");
         assert_eq!(json["first"], true);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::enrich::cidr::CidrSet;
-use crate::enrich::classify::{Class, ClassKind, Classifier};
+use crate::enrich::classify::{Certainty, Class, ClassKind, Classifier};
 use crate::enrich::client_ip::{ClientIp, Origin, Source, HEADERS};
 use crate::enrich::geo::{Asn, Geo};
 use crate::enrich::ua::{Client, UaCache};
@@ -230,7 +230,11 @@ pub const UA_CACHE_ENTRIES: usize = 4;
 
 fn classifier() -> &'static Classifier {
     static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();
-    CLASSIFIER.get_or_init(|| Classifier::new(None, CidrSet::default(), 0))
+    CLASSIFIER.get_or_init(|| {
+        let config = crate::config::Config::from_toml_str("", &Default::default())
+            .expect("the default config is valid");
+        Classifier::new(&config.classify).expect("the shipped rules compile")
+    })
 }
 
 /// Byte 0 sets `user_agent.max_bytes` (1-64, so agents are cut); the rest is agents,
@@ -244,7 +248,8 @@ pub fn ua_cache(data: &[u8]) -> bool {
     let cache: UaCache<UaFacts> = UaCache::new(UA_CACHE_ENTRIES, max_bytes);
     let mut recognised = false;
     for raw in input.rest().split(|b| *b == b'\n') {
-        let parsed = cache.get(raw, |ua| UaFacts::derive(classifier(), ua));
+        let book = classifier().book();
+        let parsed = cache.get(raw, |ua| UaFacts::derive(classifier(), &book, ua));
         assert!(
             parsed.ua.len() <= max_bytes,
             "{:?} is over {max_bytes} bytes",
@@ -257,10 +262,11 @@ pub fn ua_cache(data: &[u8]) -> bool {
                 .expect("0 is a boundary");
             assert_eq!(&*parsed.ua, &text[..end]);
         }
-        let fresh = UaFacts::derive(classifier(), &parsed.ua);
+        let fresh = UaFacts::derive(classifier(), &book, &parsed.ua);
         assert_eq!(parsed.facts.client, fresh.client, "facts of another agent");
         assert_eq!(
-            parsed.facts.matched, fresh.matched,
+            (&parsed.facts.agent, &parsed.facts.rules),
+            (&fresh.agent, &fresh.rules),
             "facts of another agent"
         );
         assert!(
@@ -435,6 +441,10 @@ fn event(input: &mut Input) -> Event {
         client,
         class,
         class_reason: Arc::from(input.text()),
+        certainty: match flags & 32 {
+            0 => Certainty::Certain,
+            _ => Certainty::Probable,
+        },
         first: has(7),
         dnt: flags & 1 != 0,
         gpc: flags & 2 != 0,

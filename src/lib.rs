@@ -13,6 +13,7 @@
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness; [`secret_file`]: the
 //!   secrets the edge generates for itself.
+//! - [`build_asn`]: `trackedge geoip build-asn`, an ASN database from free CSVs.
 //!
 //! # The life of a hit
 //! This is the one written order of the stages; other docs point here.
@@ -66,6 +67,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod build_asn;
 pub mod config;
 pub mod enrich;
 pub mod event;

@@ -1,5 +1,5 @@
-//! The `trackedge` command: `serve`, `check-config`, `sign`, and the operator's
-//! `completions` and `man`.
+//! The `trackedge` command: `serve`, `check-config`, `sign`, `geoip build-asn`,
+//! and the operator's `completions` and `man`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -40,6 +40,23 @@ enum Command {
         /// Write trackedge.1 and trackedge-<command>.1 into this directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// GeoIP database tools.
+    #[command(subcommand)]
+    Geoip(GeoipCommand),
+}
+
+#[derive(Subcommand)]
+enum GeoipCommand {
+    /// Build a GeoLite2-ASN-shaped database (for geoip.asn_db) from the free
+    /// ip-location-db ASN CSVs (start_ip,end_ip,asn,organisation; CC BY 4.0).
+    BuildAsn {
+        /// CSV files, e.g. asn-ipv4.csv asn-ipv6.csv from @ip-location-db/asn.
+        #[arg(long = "csv", required = true, num_args = 1..)]
+        csv: Vec<PathBuf>,
+        /// The .mmdb file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -136,21 +153,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.load()?),
         Command::CheckConfig(args) => {
             let config = args.load()?;
+            // Logging first: loading the rules warns as `serve` would.
+            init_logging(&config);
             let checked = server::check(&config)?;
-            let on_off = |on: bool| if on { "on" } else { "off" };
+            let loaded = |on: bool| if on { "loaded" } else { "off" };
             println!(
-                "config ok: public {} admin {} data_dir {} key file {} tls certificates {} geoip {} asn {}",
+                "config ok: public {} admin {} data_dir {} key file {} tls certificates {} geoip city {} asn {} classify {}",
                 config.public.addr,
                 config.admin.addr,
                 config.data_dir.display(),
                 if checked.key_file_exists { "loaded" } else { "generated on first start" },
                 checked.tls_certificates,
-                on_off(checked.city_db),
-                if checked.asn_db { "loaded" } else { "off" },
+                loaded(checked.city_db),
+                loaded(checked.asn_db),
+                checked.classify,
             );
             Ok(())
         }
         Command::Sign(args) => sign(*args),
+        Command::Geoip(GeoipCommand::BuildAsn { csv, out }) => {
+            let summary = trackedge::build_asn::build(&csv, &out)?;
+            println!(
+                "wrote {}: {} rows, {} networks ({} blocks in IPv4-aliased IPv6 space left out)",
+                out.display(),
+                summary.rows,
+                summary.networks,
+                summary.aliased
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics when its writer fails.
             let mut script = Vec::new();

@@ -55,6 +55,10 @@ pub const ENRICH_CLIENT_IP_MALFORMED_TOTAL: &str = "trackedge_enrich_client_ip_m
 pub const ENRICH_UA_CACHE_LOOKUPS_TOTAL: &str = "trackedge_enrich_ua_cache_lookups_total";
 pub const ENRICH_UA_CACHE_EVICTIONS_TOTAL: &str = "trackedge_enrich_ua_cache_evictions_total";
 pub const ENRICH_CLASSIFIED_TOTAL: &str = "trackedge_enrich_classified_total";
+pub const CLASSIFY_RULE_HITS_TOTAL: &str = "trackedge_classify_rule_hits_total";
+pub const CLASSIFY_RELOADS_TOTAL: &str = "trackedge_classify_reloads_total";
+pub const CLASSIFY_RULES: &str = "trackedge_classify_rules";
+pub const CLASSIFY_NETWORK_SETS: &str = "trackedge_classify_network_sets";
 pub const GEOIP_LOOKUPS_TOTAL: &str = "trackedge_geoip_lookups_total";
 pub const GEOIP_RELOADS_TOTAL: &str = "trackedge_geoip_reloads_total";
 pub const GEOIP_DATABASE_BUILD_TIMESTAMP_SECONDS: &str =
@@ -307,7 +311,27 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
     (
         ENRICH_CLASSIFIED_TOTAL,
         MetricKind::Counter,
-        "Recorded hits by class (human, proxy_open, prefetch, link_scanner, bot).",
+        "Recorded hits by class family (human, proxy_open, prefetch, link_scanner, bot) and certainty (certain, probable).",
+    ),
+    (
+        CLASSIFY_RULE_HITS_TOTAL,
+        MetricKind::Counter,
+        "Recorded hits by the reason that decided their class: a rule's name or the engine's own reason.",
+    ),
+    (
+        CLASSIFY_RELOADS_TOTAL,
+        MetricKind::Counter,
+        "Reloads of the operator's rules file and network directory, by result (ok, error: the rules in force stay).",
+    ),
+    (
+        CLASSIFY_RULES,
+        MetricKind::Gauge,
+        "Classification rules in force, by source (operator, shipped).",
+    ),
+    (
+        CLASSIFY_NETWORK_SETS,
+        MetricKind::Gauge,
+        "Named network sets in force, by source (operator, shipped).",
     ),
     (
         GEOIP_LOOKUPS_TOTAL,

@@ -13,8 +13,8 @@
 //! used half is dropped whole and counted as evictions. Generations also rotate
 //! after the time an empty bucket takes to refill, and what that drops was full
 //! anyway (a full bucket and a missing one mean the same), so it is not counted.
-//! Mailbox providers' fetchers are exempt: Apple's privacy proxy
-//! (`classify.apple_mpp_cidrs`) and the image proxies of Gmail, Outlook and Yahoo
+//! Mailbox providers' fetchers are exempt: Apple's privacy proxy (the shipped
+//! network set [`crate::enrich::networks::APPLE_MPP_SET`]) and the image proxies of Gmail, Outlook and Yahoo
 //! (`exempt_asns`, which needs `geoip.asn_db`) fetch every pixel of a campaign for
 //! millions of people from a few networks, so a per-network limit would mark or
 //! drop real opens. Both are keyed on the resolved address, which a client cannot

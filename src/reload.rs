@@ -1,5 +1,5 @@
 //! Files the edge re-reads while it runs (signing keys, TLS certificates, GeoIP
-//! databases): change detection by polling size and modification time, and one
+//! databases, the operator's classification rules and network sets): change detection by polling size and modification time, and one
 //! watch loop that also reloads everything on SIGHUP.
 //!
 //! A reload reads and parses files (a GeoIP database is tens of megabytes), so the

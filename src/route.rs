@@ -367,6 +367,7 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     event.ua = edge.privacy.ua(enriched.ua);
     event.client = enriched.client;
     event.class = enriched.verdict.class;
+    event.certainty = enriched.verdict.certainty;
     event.first = enriched.first;
     event.dnt = marks.dnt;
     event.gpc = marks.gpc;
@@ -382,10 +383,12 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
             Vec::new(),
             relabel.verdict.class.clone(),
             relabel.verdict.reason.clone(),
+            relabel.verdict.certainty,
         ),
         ids: relabel.ids,
         class: relabel.verdict.class,
         reason: relabel.verdict.reason,
+        certainty: relabel.verdict.certainty,
     });
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);

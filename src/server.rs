@@ -76,6 +76,8 @@ pub struct Checked {
     pub tls_certificates: usize,
     pub city_db: bool,
     pub asn_db: bool,
+    /// The classification rules and network sets in force.
+    pub classify: String,
 }
 
 /// Loads and validates everything [`run`] loads at start (signing keys, TLS
@@ -98,6 +100,7 @@ pub fn check(config: &Config) -> Result<Checked, ServeError> {
         tls_certificates: config.public.tls.len(),
         city_db: config.geoip.city_db.is_some(),
         asn_db: enricher.has_asn_db(),
+        classify: enricher.rules_summary(),
     })
 }
 
@@ -177,6 +180,14 @@ pub async fn run(
         config.tokens.reload_interval,
         background.clone(),
     ));
+    if let Some(rules) = enricher.operator_rules() {
+        tokio::spawn(reload::watch(
+            "classification rules",
+            rules,
+            config.classify.reload_interval,
+            background.clone(),
+        ));
+    }
     if enricher.has_databases() {
         tokio::spawn(reload::watch(
             "GeoIP databases",

@@ -43,7 +43,19 @@ fn now_secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_through_a_trusted_proxy_lands_with_geo_client_and_class() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_in(dir.path(), &geo_config(dir.path(), ""));
+    // The fixture's AS16509 as an operator's data-centre set, for the timing heuristic.
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    std::fs::write(
+        nets.join("fixture-cloud.toml"),
+        "name = \"fixture-cloud\"\nvendor = \"Fixture\"\npurpose = \"hosting\"\ndatacenter = true\nasns = [{ asn = 16509 }]\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[classify]\nnetworks_dir = {:?}\n",
+        nets.display().to_string()
+    );
+    let mut server = TestServer::start_in(dir.path(), &geo_config(dir.path(), &extra));
     let open = server.path_for(&claims(Kind::Open, "m-1"));
     let forwarded = [
         ("x-forwarded-for", "6.6.6.6, 81.2.69.160"),
@@ -79,7 +91,8 @@ async fn an_open_through_a_trusted_proxy_lands_with_geo_client_and_class() {
     assert_eq!(first["client"]["os_version"], "17.5");
     assert_eq!(first["client"]["category"], "smartphone");
     assert_eq!(first["class"], "human");
-    assert_eq!(first["class_reason"], "no_signal");
+    assert_eq!(first["class_reason"], "browser");
+    assert_eq!(first["certainty"], "probable");
     assert_eq!(first["first"], true);
     assert_eq!(events[1]["first"], false, "the same message opened again");
 
@@ -88,7 +101,7 @@ async fn an_open_through_a_trusted_proxy_lands_with_geo_client_and_class() {
     assert_eq!(proxy["geo"]["city"], "São Paulo");
     assert_eq!(proxy["asn"], serde_json::json!({"number": 64501}));
     assert_eq!(proxy["class"], "proxy_open:gmail");
-    assert_eq!(proxy["class_reason"], "google_image_proxy");
+    assert_eq!(proxy["class_reason"], "gmail-image-proxy-ua");
     assert_eq!(
         proxy["client"]["browser"], "Firefox",
         "woothee's view is kept"
@@ -97,7 +110,8 @@ async fn an_open_through_a_trusted_proxy_lands_with_geo_client_and_class() {
     let scan = &events[3];
     assert_eq!(scan["kind"], "click");
     assert_eq!(scan["class"], "link_scanner:datacenter");
-    assert_eq!(scan["class_reason"], "fast_click_from_datacenter");
+    assert_eq!(scan["class_reason"], "fast_after_send");
+    assert_eq!(scan["certainty"], "probable");
     assert_eq!(scan["geo"]["city"], "Москва");
     assert_eq!(scan["first"], true);
 }
@@ -205,7 +219,7 @@ async fn several_links_of_one_message_clicked_together_are_a_scanner_burst() {
     let rules = dir.path().join("rules.toml");
     std::fs::write(
         &rules,
-        "[[rule]]\nclass = \"link_scanner:acme-gw\"\nreason = \"acme_gateway\"\nua_contains = [\"AcmeScan\"]\n",
+        "[[rule]]\nname = \"acme_gateway\"\nclass = \"link_scanner\"\nwho = \"acme-gw\"\ncertainty = \"certain\"\nua_contains = [\"AcmeScan\"]\n",
     )
     .unwrap();
     // Held back a minute, so the burst relabels its first clicks before they leave
@@ -254,7 +268,11 @@ async fn several_links_of_one_message_clicked_together_are_a_scanner_burst() {
 fn check_config_loads_the_rules_file_and_databases() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[rule]]\nclass = \"proxy_open\"\nasns = [1]\n").unwrap();
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"x\"\nclass = \"proxy_open\"\ncertainty = \"certain\"\nasns = [1]\n",
+    )
+    .unwrap();
     let config = dir.path().join("trackedge.toml");
     let check = |text: String| {
         std::fs::write(&config, text).unwrap();
@@ -272,7 +290,9 @@ fn check_config_loads_the_rules_file_and_databases() {
     assert!(!bad_rules.status.success());
     let stderr = String::from_utf8_lossy(&bad_rules.stderr);
     assert!(
-        stderr.contains("rules.toml") && stderr.contains("rule 1"),
+        stderr.contains("rules.toml")
+            && stderr.contains("rule 1")
+            && stderr.contains("needs a `who`"),
         "{stderr}"
     );
 
@@ -290,5 +310,14 @@ fn check_config_loads_the_rules_file_and_databases() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("geoip on"));
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(stdout.contains("geoip city loaded asn loaded"), "{stdout}");
+    let without_asn = check(String::new());
+    let stdout = String::from_utf8_lossy(&without_asn.stdout);
+    assert!(stdout.contains("geoip city off asn off"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&without_asn.stderr);
+    assert!(
+        stderr.contains("geoip.asn_db is not set") && stderr.contains("rate_limit_exempt_asns"),
+        "{stderr}"
+    );
 }

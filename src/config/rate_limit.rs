@@ -45,11 +45,7 @@ pub struct RateLimitSettings {
 }
 
 impl RawRateLimit {
-    /// `apple_mpp_cidrs`: `classify.apple_mpp_cidrs`, exempt when `exempt_apple_mpp`.
-    pub(super) fn validate(
-        self,
-        apple_mpp_cidrs: &CidrSet,
-    ) -> Result<RateLimitSettings, ConfigError> {
+    pub(super) fn validate(self) -> Result<RateLimitSettings, ConfigError> {
         if !(self.events_per_sec.is_finite()
             && self.events_per_sec > 0.0
             && self.events_per_sec <= 1e6)
@@ -59,8 +55,9 @@ impl RawRateLimit {
                 "must be above 0 and at most 1000000",
             ));
         }
+        // The shipped catalogue's Apple relay egress set.
         let exempt = if self.exempt_apple_mpp {
-            apple_mpp_cidrs.clone()
+            crate::enrich::networks::apple_mpp_cidrs()
         } else {
             CidrSet::default()
         };

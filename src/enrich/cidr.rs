@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// `::ffff:0:0/96`, where IPv4 addresses live in the IPv6 space.
-const V4_MAPPED: u128 = 0xffff_0000_0000;
+pub(crate) const V4_MAPPED: u128 = 0xffff_0000_0000;
 
 /// One network: the masked address (IPv6 space) and its prefix length (0-128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,11 @@ fn mask(prefix: u8) -> u128 {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         key(ip) & mask(self.prefix) == self.network
+    }
+
+    /// The first and last address as [`key`]s, both inclusive.
+    pub fn range(&self) -> (u128, u128) {
+        (self.network, self.network | !mask(self.prefix))
     }
 }
 
@@ -170,6 +175,19 @@ mod tests {
         assert!(!set.contains(ip("192.0.2.6")));
         assert!(set.contains(ip("::1")));
         assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn ranges_are_inclusive_in_the_ipv6_space() {
+        let v4: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(v4.range(), (key(ip("192.0.2.0")), key(ip("192.0.2.255"))));
+        let all: Cidr = "::/0".parse().unwrap();
+        assert_eq!(all.range(), (0, u128::MAX));
+        let host: Cidr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            host.range(),
+            (key(ip("2001:db8::1")), key(ip("2001:db8::1")))
+        );
     }
 
     #[test]

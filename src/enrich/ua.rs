@@ -123,13 +123,26 @@ impl<T> UaCache<T> {
 
     /// The cached facts for `raw`, computing them with `derive` on a miss.
     pub fn get(&self, raw: &[u8], derive: impl FnOnce(&str) -> T) -> Arc<Parsed<T>> {
+        self.get_current(raw, |_| true, derive)
+    }
+
+    /// As [`UaCache::get`], but cached facts for which `current` is false (derived
+    /// from rules since replaced) are derived again and replace the entry.
+    pub fn get_current(
+        &self,
+        raw: &[u8],
+        current: impl FnOnce(&T) -> bool,
+        derive: impl FnOnce(&str) -> T,
+    ) -> Arc<Parsed<T>> {
         let ua = cut(raw, self.max_bytes);
         if let Some(found) = self.entries.get(&*ua, |key: &str| Arc::from(key)) {
-            self.hits.increment(1);
             // A hit in the previous generation copies the entry forward, which fills
             // the current one just as an insert does.
             self.rotate();
-            return found;
+            if current(&found.facts) {
+                self.hits.increment(1);
+                return found;
+            }
         }
         self.misses.increment(1);
         let ua: Arc<str> = Arc::from(ua);
@@ -218,6 +231,16 @@ mod tests {
             }
             assert!(cache.len() <= 64, "{} entries after {n}", cache.len());
         }
+    }
+
+    #[test]
+    fn stale_facts_are_derived_again_in_place() {
+        let cache: UaCache<u32> = UaCache::new(64, 512);
+        assert_eq!(cache.get(b"agent", |_| 1).facts, 1);
+        assert_eq!(cache.get_current(b"agent", |v| *v == 1, |_| 2).facts, 1);
+        assert_eq!(cache.get_current(b"agent", |v| *v == 2, |_| 2).facts, 2);
+        assert_eq!(cache.get(b"agent", |_| unreachable!("cached")).facts, 2);
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Spool;
-use crate::enrich::verdict::Class;
+use crate::enrich::verdict::{Certainty, Class};
 use crate::event::{Event, EventId};
 use crate::metrics as m;
 use crate::record;
@@ -25,6 +25,7 @@ pub struct Relabel {
     pub ids: Vec<EventId>,
     pub class: Class,
     pub reason: Arc<str>,
+    pub certainty: Certainty,
     /// Sent with `ids` set to the events that may have left, if any did.
     pub reclassify: Event,
 }
@@ -63,7 +64,10 @@ impl Spool {
             let changed = record::rewrite(&current, |json| {
                 let id = pending.iter().find(|id| contains(json, id.as_bytes()))?;
                 let new = set_string_field(json, "class", &class)
-                    .and_then(|json| set_string_field(&json, "class_reason", &relabel.reason))?;
+                    .and_then(|json| set_string_field(&json, "class_reason", &relabel.reason))
+                    .and_then(|json| {
+                        set_string_field(&json, "certainty", relabel.certainty.as_str())
+                    })?;
                 found.push(id.clone());
                 Some(new)
             });

@@ -308,12 +308,15 @@ async fn hold_back_keeps_young_segments_from_the_forwarder() {
     writer.finish().await;
 }
 
+use crate::enrich::verdict::Certainty;
+
 fn relabel_of(ids: &[u128]) -> Relabel {
     let class: crate::enrich::verdict::Class = "link_scanner:burst".parse().unwrap();
     Relabel {
         ids: ids.iter().map(|&n| EventId(n)).collect(),
         class: class.clone(),
         reason: "click_burst".into(),
+        certainty: Certainty::Probable,
         reclassify: Event::reclassify(
             EventId(1 << 100),
             now_ms(),
@@ -321,6 +324,7 @@ fn relabel_of(ids: &[u128]) -> Relabel {
             Vec::new(),
             class,
             "click_burst".into(),
+            Certainty::Probable,
         ),
     }
 }
