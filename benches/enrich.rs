@@ -7,9 +7,6 @@
 //! verdict alone (agent facts in hand): what classification adds to `ua/cached`, the
 //! floor to compare against on a loaded machine.
 
-#[path = "../tests/common/mmdb.rs"]
-mod mmdb;
-
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
@@ -27,6 +24,7 @@ use trackedge::enrich::Enricher;
 use trackedge::enrich::UaFacts;
 use trackedge::event::EventId;
 use trackedge::hit::Hit;
+use trackedge::mmdb_fixtures as mmdb;
 use trackedge::{Claims, Kind};
 
 const UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";

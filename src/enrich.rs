@@ -35,10 +35,6 @@ fn network_key(ip: IpAddr) -> u64 {
     }
 }
 
-#[cfg(test)]
-#[path = "../tests/common/mmdb.rs"]
-pub(crate) mod fixtures;
-
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -355,6 +351,7 @@ impl crate::reload::Reloadable for Enricher {
 mod tests {
     use super::*;
     use crate::config::Overrides;
+    use crate::mmdb_fixtures as fixtures;
     use crate::token::Kind;
     use http::{HeaderMap, HeaderValue};
 

@@ -441,7 +441,7 @@ fn event(input: &mut Input) -> Event {
         client,
         class,
         class_reason: Arc::from(input.text()),
-        certainty: match flags & 32 {
+        certainty: match flags & 128 {
             0 => Certainty::Certain,
             _ => Certainty::Probable,
         },

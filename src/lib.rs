@@ -79,6 +79,8 @@ pub mod hit;
 pub mod idle;
 pub mod keys;
 pub mod metrics;
+#[doc(hidden)]
+pub mod mmdb_fixtures;
 pub mod privacy;
 pub mod ratelimit;
 pub mod record;

@@ -341,8 +341,8 @@ async fn a_real_prometheus_answers_every_dashboard_query_with_data() {
     };
     let upstream = Upstream::start(Mode::Accept).await;
     let dir = tempfile::tempdir().unwrap();
-    let city = common::mmdb::write_city(dir.path(), "a");
-    let asn = common::mmdb::write_asn(dir.path());
+    let city = trackedge::mmdb_fixtures::write_city(dir.path(), "a");
+    let asn = trackedge::mmdb_fixtures::write_asn(dir.path());
     let secret = dir.path().join("webhook.secret");
     std::fs::write(
         &secret,

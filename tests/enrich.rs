@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{claims, eventually, mmdb, request_with, send, TestServer};
+use common::{claims, eventually, request_with, send, TestServer};
 use http::Version;
+use trackedge::mmdb_fixtures as mmdb;
 use trackedge::Kind;
 
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";

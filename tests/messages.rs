@@ -69,8 +69,8 @@ fn a_second_serve_on_the_same_data_dir_says_another_trackedge_may_be_using_it() 
 #[test]
 fn geoip_errors_name_the_config_key() {
     let dir = tempfile::tempdir().unwrap();
-    let city = common::mmdb::write_city(dir.path(), "a");
-    let asn = common::mmdb::write_asn(dir.path());
+    let city = trackedge::mmdb_fixtures::write_city(dir.path(), "a");
+    let asn = trackedge::mmdb_fixtures::write_asn(dir.path());
     let missing = dir.path().join("missing.mmdb");
     let garbage = dir.path().join("garbage.mmdb");
     std::fs::write(&garbage, b"not a maxmind database").unwrap();

@@ -66,7 +66,7 @@ async fn over_the_limit_events_are_dropped_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_are_per_client_network_and_exempt_asns_are_never_limited() {
     let dir = tempfile::tempdir().unwrap();
-    let asn = common::mmdb::write_asn(dir.path());
+    let asn = trackedge::mmdb_fixtures::write_asn(dir.path());
     let config = format!(
         "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n\
          [geoip]\nasn_db = {:?}\n\

@@ -416,7 +416,7 @@ pub fn register_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::fixtures;
+    use crate::mmdb_fixtures as fixtures;
 
     #[test]
     fn city_lookups_on_the_fixture() {

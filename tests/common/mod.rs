@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod broker;
-pub mod mmdb;
 pub mod tools;
 pub mod upstream;
 

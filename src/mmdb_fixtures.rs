@@ -1,6 +1,6 @@
 //! MaxMind DB fixtures written with `mmdb-writer` in the GeoIP2 City and GeoLite2
 //! ASN schemas, so no test depends on a downloaded database. Shared by the unit
-//! tests (`src/enrich.rs` includes this file), the integration tests and the benches.
+//! tests, the integration tests and the benches; hidden from the docs.
 //!
 //! City (`variant` "a"; "b" renames Zürich to Genève, for reload tests):
 //! - 81.2.69.0/24: CH, subdivision ZH, Zürich, 47.3769/8.5417, Europe/Zurich
@@ -10,7 +10,6 @@
 //!
 //! ASN: 81.2.69.0/24 AS64500 "Example Transit AG"; 2001:db8:1::/48 AS64501 with no
 //! organisation; 203.0.113.0/24 AS16509 "Amazon.com, Inc." (a data centre).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
