@@ -97,6 +97,30 @@ async fn inside_the_hold_back_a_burst_leaves_labelled_as_a_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_forwards_what_the_hold_back_still_holds() {
+    let upstream = Upstream::start(Mode::Accept).await;
+    // Ten minutes, the longest allowed: nothing would leave before the stop.
+    let mut server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 600000\n"));
+    for n in 1..=4 {
+        assert_eq!(
+            hit(&server, &link(&format!("m-held-{n}"), 1), "198.51.100.7").await,
+            302
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(arrived(&upstream).is_empty(), "held events left early");
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
+    let events = arrived(&upstream);
+    let mut messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    messages.sort_unstable();
+    assert_eq!(messages, ["m-held-1", "m-held-2", "m-held-3", "m-held-4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_hold_back_a_reclassify_event_names_the_clicks_that_left() {
     let upstream = Upstream::start(Mode::Accept).await;
     let server = TestServer::start(&config(&upstream, "[dedup]\nburst_window_ms = 20000\n"));
