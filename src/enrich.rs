@@ -28,10 +28,12 @@ pub mod ua;
 pub mod verdict;
 
 /// One key per client network (IPv4 /24, IPv6 /48): the hits a trap exposes share it.
+/// A /24 fills the low 24 bits and a /48 the low 48, with a family tag above them,
+/// so no two networks share a key.
 fn network_key(ip: IpAddr) -> u64 {
     match cidr::truncate_ip(ip, 24, 48) {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64 | 1 << 63,
+        IpAddr::V4(v4) => u64::from(u32::from(v4) >> 8),
+        IpAddr::V6(v6) => 1 << 56 | (u128::from(v6) >> 80) as u64,
     }
 }
 
@@ -230,7 +232,6 @@ impl Enricher {
             )
         });
         let geo = self.city.as_ref().and_then(|db| db.city(ip));
-        let seen = self.dedup.observe(claims, hit.at_ms, id, network_key(ip));
         let mut verdict = self.classifier.classify(
             &book,
             &Signals {
@@ -253,11 +254,17 @@ impl Enricher {
                 ua_bytes: raw_ua.map_or(0, |raw| raw.len()),
             },
         );
+        let human = verdict.class.kind == ClassKind::Human;
+        let seen = self
+            .dedup
+            .observe(claims, hit.at_ms, id, network_key(ip), human);
+        // A trap hit is a machine whatever it looks like; a burst or a trap only
+        // relabels what looked like a person (a vendor's verdict says more).
         if claims.kind == Kind::Trap {
             verdict = self.classifier.trap_link();
-        } else if seen.trapped {
+        } else if human && seen.trapped {
             verdict = self.classifier.trap_network();
-        } else if seen.burst && verdict.class.kind == ClassKind::Human {
+        } else if human && seen.burst {
             verdict = self.classifier.burst();
         }
         let relabel = (!seen.relabel.is_empty()).then(|| Relabel {

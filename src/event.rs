@@ -130,18 +130,17 @@ impl Event {
         reason: Arc<str>,
         certainty: Certainty,
     ) -> Event {
-        let mut event = Event::of_claims(
-            Claims::new(
+        let claims = Claims {
+            // Its subject is the events' own: erasure and export reach it too.
+            recipient: of.recipient.clone(),
+            ..Claims::new(
                 Kind::Click,
                 of.tenant.clone(),
                 of.campaign.clone(),
                 of.message.clone(),
-            ),
-            id,
-            ts,
-            reason,
-            of.node.clone(),
-        );
+            )
+        };
+        let mut event = Event::of_claims(claims, id, ts, reason, of.node.clone());
         event.kind = EventKind::Reclassify;
         event.class = class;
         event.certainty = certainty;

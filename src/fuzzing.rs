@@ -378,9 +378,12 @@ fn event(input: &mut Input) -> Event {
     let present = input.byte();
     let flags = input.byte();
     let has = |bit: u8| present & (1 << bit) != 0;
-    let kind = match flags >> 5 {
-        index @ 0..=4 => EventKind::Tracked(Kind::ALL[usize::from(index)]),
-        _ => EventKind::Erasure,
+    // Every kind, tracked or not, from a byte of its own.
+    let kinds = Kind::ALL.len() + 2;
+    let kind = match usize::from(input.byte()) % kinds {
+        index if index < Kind::ALL.len() => EventKind::Tracked(Kind::ALL[index]),
+        index if index == Kind::ALL.len() => EventKind::Erasure,
+        _ => EventKind::Reclassify,
     };
     let id = EventId(u128::from(input.u64()) << 64 | u128::from(input.u64()));
     let ts = input.u64();

@@ -394,8 +394,9 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
         edge.metrics.emitted(kind);
     }
     if let Some(relabel) = relabel {
+        let named = relabel.ids.len() as u64;
         if !edge.events.relabel(relabel) {
-            edge.metrics.relabel_lost();
+            edge.metrics.relabel_lost(named);
         }
     }
 }

@@ -225,7 +225,6 @@ impl Store {
         Ok(moved)
     }
 
-    /// Every value still held, oldest first (for counting, erasure and export).
     /// Every value still held, newest first (recent events are found fastest).
     pub fn iter_newest_first(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
         self.events.iter().rev().map(|entry| {
@@ -234,6 +233,7 @@ impl Store {
         })
     }
 
+    /// Every value still held, oldest first (for counting, erasure and export).
     pub fn iter(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
         self.events.iter().map(|entry| {
             let (key, value) = entry?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::upstream::{Mode, Upstream};
-use common::{claims_of as claims, eventually, request_with, send, TestServer};
-use http::{Request, Response, Version};
+use common::{admin, admin_json, claims_of as claims, eventually, request_with, send, TestServer};
+use http::{Request, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trackedge::Kind;
@@ -25,21 +25,6 @@ async fn open(server: &TestServer, recipient: &str, message: &str) {
     )
     .await;
     assert_eq!(response.status(), 200);
-}
-
-async fn admin(server: &TestServer, method: &str, path: &str) -> Response<Bytes> {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    send(server.admin, Version::HTTP_11, request).await
-}
-
-async fn admin_json(server: &TestServer, method: &str, path: &str) -> serde_json::Value {
-    let response = admin(server, method, path).await;
-    serde_json::from_slice(response.body()).expect("JSON answer")
 }
 
 /// An http sink at `url` that retries fast, so a returning upstream is seen quickly.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::upstream::{Mode, Upstream};
-use common::{claims_of, eventually, request_with, send, TestServer, BIN};
+use common::{admin, admin_json, claims_of, eventually, request_with, send, TestServer, BIN};
 use http::Version;
 use trackedge::{Claims, Kind};
 
@@ -71,29 +71,37 @@ fn final_classes(events: &[serde_json::Value]) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inside_the_hold_back_a_burst_leaves_labelled_as_a_burst() {
     let upstream = Upstream::start(Mode::Accept).await;
-    let server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 2000\n"));
+    // Held until the stop, so nothing can leave before the burst is seen.
+    let mut server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 600000\n"));
     for n in 1..=3 {
         assert_eq!(hit(&server, &link("m-burst", n), "203.0.113.5").await, 302);
     }
-    let all = eventually(Duration::from_secs(20), || async {
-        arrived(&upstream).len() == 3
-    })
-    .await;
-    assert!(all, "three clicks arrive: {:?}", arrived(&upstream));
-    let events = arrived(&upstream);
-    for event in &events {
-        assert_eq!(event["class"], "link_scanner:burst", "{event}");
-    }
-    assert!(
-        events.iter().all(|e| e["kind"] == "click"),
-        "no reclassify event is needed: {events:?}"
-    );
-    assert_eq!(
+    let relabelled = eventually(Duration::from_secs(10), || async {
         server
             .metric("trackedge_classify_relabelled_events_total{outcome=\"relabelled\"}")
-            .await,
-        2.0
+            .await
+            == 2.0
+    })
+    .await;
+    assert!(
+        relabelled,
+        "the first two clicks are relabelled in the spool"
     );
+    assert!(
+        server
+            .metric("trackedge_classify_rule_hits_total{reason=\"click_burst\"}")
+            .await
+            >= 1.0
+    );
+    assert!(server.terminate().success());
+    let events = arrived(&upstream);
+    assert_eq!(events.len(), 3, "{events:?}");
+    for event in &events {
+        assert_eq!(event["kind"], "click", "no reclassify event is needed");
+        assert_eq!(event["class"], "link_scanner:burst", "{event}");
+        assert_eq!(event["class_reason"], "click_burst", "{event}");
+        assert_eq!(event["certainty"], "probable", "{event}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +155,12 @@ async fn without_hold_back_a_reclassify_event_names_the_clicks_that_left() {
     let reclassify = events.iter().find(|e| e["kind"] == "reclassify").unwrap();
     assert_eq!(reclassify["class"], "link_scanner:burst");
     assert_eq!(reclassify["class_reason"], "click_burst");
+    assert_eq!(reclassify["certainty"], "probable");
     assert_eq!(reclassify["message"], "m-late");
+    assert_eq!(
+        reclassify["recipient"], "r",
+        "the subject of the clicks it names"
+    );
     let first_id = &events[0]["id"];
     assert!(
         reclassify["ids"].as_array().unwrap().contains(first_id),
@@ -170,7 +183,7 @@ async fn without_hold_back_a_reclassify_event_names_the_clicks_that_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_hit_relabels_its_networks_clicks_and_spares_another_network() {
     let upstream = Upstream::start(Mode::Accept).await;
-    let server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 2000\n"));
+    let mut server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 600000\n"));
     assert_eq!(hit(&server, &link("m-trap", 1), "203.0.113.5").await, 302);
     assert_eq!(hit(&server, &link("m-trap", 1), "198.51.100.7").await, 302);
     let trap = Claims {
@@ -182,12 +195,24 @@ async fn a_trap_hit_relabels_its_networks_clicks_and_spares_another_network() {
     assert!(trap_path.starts_with("/c/"), "{trap_path}");
     assert_eq!(hit(&server, &trap, "203.0.113.77").await, 404);
     assert_eq!(hit(&server, &link("m-trap", 2), "203.0.113.9").await, 302);
-    let all = eventually(Duration::from_secs(20), || async {
-        arrived(&upstream).len() == 4
+    for reason in ["trap_link", "trap_network"] {
+        let series = format!("trackedge_classify_rule_hits_total{{reason=\"{reason}\"}}");
+        assert_eq!(server.metric(&series).await, 1.0, "{series}");
+    }
+    let relabelled = eventually(Duration::from_secs(10), || async {
+        server
+            .metric("trackedge_classify_relabelled_events_total{outcome=\"relabelled\"}")
+            .await
+            == 1.0
     })
     .await;
-    assert!(all, "four events arrive: {:?}", arrived(&upstream));
+    assert!(
+        relabelled,
+        "the click before the trap is relabelled in the spool"
+    );
+    assert!(server.terminate().success());
     let events = arrived(&upstream);
+    assert_eq!(events.len(), 4, "{events:?}");
     let by = |kind: &str, ip: &str| {
         events
             .iter()
@@ -208,6 +233,92 @@ async fn a_trap_hit_relabels_its_networks_clicks_and_spares_another_network() {
         assert_eq!(click["class_reason"], "trap_network");
     }
     assert_eq!(by("click", "198.51.100.0")["class"], "human");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_after_the_click_left_sends_a_reclassify_that_erasure_reaches() {
+    let upstream = Upstream::start(Mode::Accept).await;
+    let server = TestServer::start(&config(&upstream, ""));
+    assert_eq!(hit(&server, &link("m-gone", 1), "203.0.113.5").await, 302);
+    let left = eventually(Duration::from_secs(15), || async {
+        arrived(&upstream).len() == 1
+    })
+    .await;
+    assert!(left);
+    let click_id = arrived(&upstream)[0]["id"].clone();
+    let trap = Claims {
+        link: 9,
+        ..claims_of(Kind::Trap, "r", "m-gone")
+    };
+    assert_eq!(hit(&server, &trap, "203.0.113.77").await, 404);
+    let told = eventually(Duration::from_secs(15), || async {
+        arrived(&upstream).iter().any(|e| e["kind"] == "reclassify")
+    })
+    .await;
+    assert!(told, "{:?}", arrived(&upstream));
+    let events = arrived(&upstream);
+    let reclassify = events.iter().find(|e| e["kind"] == "reclassify").unwrap();
+    assert_eq!(reclassify["ids"], serde_json::json!([click_id]));
+    assert_eq!(reclassify["class"], "link_scanner:trap");
+    assert_eq!(reclassify["class_reason"], "trap_network");
+    assert_eq!(reclassify["certainty"], "probable");
+    assert_eq!(
+        server
+            .metric("trackedge_classify_relabelled_events_total{outcome=\"reclassify\"}")
+            .await,
+        1.0
+    );
+    // The reclassify event is the recipient's data too: export lists it while the
+    // edge holds it, and erasure leaves nothing of it behind.
+    let erased = admin_json(&server, "DELETE", "/admin/subjects/acme/r").await;
+    assert!(erased.is_object(), "{erased}");
+    let export = admin(&server, "GET", "/admin/subjects/acme/r/export").await;
+    assert_eq!(export.status(), 200);
+    assert!(
+        !String::from_utf8_lossy(export.body()).contains("m-gone"),
+        "nothing of the erased recipient is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_out_recipients_trap_hit_is_not_recorded_and_relabels_nothing() {
+    let upstream = Upstream::start(Mode::Accept).await;
+    let mut server = TestServer::start(&config(&upstream, "[classify]\nhold_back_ms = 600000\n"));
+    assert_eq!(hit(&server, &link("m-optout", 1), "203.0.113.5").await, 302);
+    let trap = Claims {
+        link: 9,
+        ..claims_of(Kind::Trap, "r", "m-optout")
+    };
+    let request = request_with(
+        "GET",
+        &server.path_for(&trap),
+        &[
+            ("user-agent", BROWSER),
+            ("x-forwarded-for", "203.0.113.77"),
+            ("cookie", "te_optout=1"),
+        ],
+    );
+    assert_eq!(
+        send(server.public, Version::HTTP_11, request)
+            .await
+            .status(),
+        404
+    );
+    // A trap token is a click-path token: the pixel path refuses it.
+    let pixel = request_with(
+        "GET",
+        &format!("/o/{}.gif", &server.path_for(&trap)["/c/".len()..]),
+        &[("user-agent", BROWSER)],
+    );
+    assert_eq!(
+        send(server.public, Version::HTTP_11, pixel).await.status(),
+        200
+    );
+    assert!(server.terminate().success());
+    let events = arrived(&upstream);
+    assert_eq!(events.len(), 1, "only the click: {events:?}");
+    assert_eq!(events[0]["kind"], "click");
+    assert_eq!(events[0]["class"], "human");
 }
 
 #[test]

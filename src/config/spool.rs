@@ -96,6 +96,16 @@ impl RawSpool {
         if retention.max_age_secs == 0 {
             return Err(invalid("retention.max_age_secs", "must be at least 1"));
         }
+        // Held events would pass their retention age before they may leave.
+        if hold_back >= Duration::from_secs(retention.max_age_secs) {
+            return Err(invalid(
+                "classify.hold_back_ms",
+                format!(
+                    "must be less than retention.max_age_secs ({} s), or every event expires while held",
+                    retention.max_age_secs
+                ),
+            ));
+        }
         // A bound smaller than a few commits would drop whole batches at a time.
         if self.max_batch_bytes as u64 > self.max_bytes / 4 {
             return Err(invalid(
@@ -138,6 +148,10 @@ mod tests {
             ("[spool]\nmax_bytes = 1000\n", "spool.max_bytes"),
             ("[spool]\nmax_bytes = 65536\n", "spool.max_batch_bytes"),
             ("[retention]\nmax_age_secs = 0\n", "retention.max_age_secs"),
+            (
+                "[retention]\nmax_age_secs = 5\n[classify]\nhold_back_ms = 5000\n",
+                "retention.max_age_secs (5 s)",
+            ),
         ] {
             let err = refused(text);
             assert!(err.contains(key), "{text}: {err}");

@@ -5,12 +5,14 @@
 //! (tenant, message, kind[, link]) within `dedup.window_secs`; whether a click
 //! completes a burst (`dedup.burst_links` distinct links of one message clicked
 //! within `dedup.burst_window_ms`); whether it comes from a network that followed the
-//! message's trap link within `classify.trap_window_secs`; and which *earlier* events
+//! message's trap link within `dedup.trap_window_secs`; and which *earlier* events
 //! the hit shows to be a machine's (the first clicks of a burst, the clicks a trap
 //! hit exposes), so they can be relabelled before or after they leave the edge.
+//! Only clicks still labelled `human` are relabelled: a vendor's verdict (a named
+//! scanner, a prefetch) is more precise than a burst's or a trap's and stays.
 //!
 //! Invariants: memory is bounded: `dedup.max_entries` first-seen keys ([`TwoGen`],
-//! keyed by a 64-bit keyed hash, never the ids themselves) and an eighth as many
+//! keyed by a 64-bit keyed hash, never the ids themselves) and a sixteenth as many
 //! messages' recent clicks (the last [`RECENT_CLICKS`] each); entries dropped before
 //! their window ended are counted as evictions (an evicted key may be reported
 //! `first` again, an evicted click is no longer relabelled). A window starts at the
@@ -29,6 +31,12 @@ use crate::token::{Claims, Kind};
 
 /// Clicks remembered per message for bursts and traps.
 pub const RECENT_CLICKS: usize = 8;
+/// One message's recent clicks for this many first-seen keys: a message's memory
+/// is about twelve times a key's, so this keeps it under the first-seen set's.
+const RECENT_PER_ENTRIES: usize = 16;
+/// Networks remembered per message that followed its trap link (several gateways
+/// may scan one message).
+const RECENT_TRAPS: usize = 4;
 
 /// Why earlier events are shown to be a machine's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,17 +65,20 @@ struct Click {
     at_ms: u64,
     network: u64,
     link: u32,
-    relabelled_burst: bool,
-    relabelled_trap: bool,
+    /// Labelled `human` as far as this edge knows (neither its own verdict nor a
+    /// relabel said otherwise).
+    human: bool,
 }
 
-/// A message's recent clicks (a ring) and its latest trap hit.
+/// A message's recent clicks and trap hits (rings: the newest replace the oldest).
 #[derive(Debug, Clone, Copy, Default)]
 struct Recent {
     clicks: [Click; RECENT_CLICKS],
     len: u8,
     next: u8,
-    trap: Option<(u64, u64)>,
+    /// `(network, at_ms)` of the latest trap hits.
+    traps: [(u64, u64); RECENT_TRAPS],
+    next_trap: u8,
 }
 
 impl Recent {
@@ -75,6 +86,19 @@ impl Recent {
         self.clicks[usize::from(self.next)] = click;
         self.next = (self.next + 1) % RECENT_CLICKS as u8;
         self.len = (self.len + 1).min(RECENT_CLICKS as u8);
+    }
+
+    fn remember_trap(&mut self, network: u64, at_ms: u64) {
+        self.traps[usize::from(self.next_trap)] = (network, at_ms);
+        self.next_trap = (self.next_trap + 1) % RECENT_TRAPS as u8;
+    }
+
+    /// Whether `network` followed the trap link at or after `since` (a zero time is
+    /// an empty slot: no trap is that old).
+    fn trapped(&self, network: u64, since: u64) -> bool {
+        self.traps
+            .iter()
+            .any(|&(net, at)| at > 0 && net == network && at >= since)
     }
 
     fn clicks(&mut self) -> &mut [Click] {
@@ -104,7 +128,11 @@ impl Dedup {
         let recent_age = settings.burst_window_ms.max(settings.trap_window_ms);
         Dedup {
             seen: TwoGen::new(settings.max_entries, Some(settings.window_ms), now_ms),
-            recent: TwoGen::new((settings.max_entries / 8).max(2), Some(recent_age), now_ms),
+            recent: TwoGen::new(
+                (settings.max_entries / RECENT_PER_ENTRIES).max(2),
+                Some(recent_age),
+                now_ms,
+            ),
             settings,
             hasher: foldhash::quality::RandomState::default(),
             evictions,
@@ -114,8 +142,16 @@ impl Dedup {
     }
 
     /// Observes one recorded hit: `id` is its event's id, `network` a key of its
-    /// client's network (hits from one network share it).
-    pub fn observe(&self, claims: &Claims, now_ms: u64, id: EventId, network: u64) -> Seen {
+    /// client's network (hits from one network share it), `human` whether its own
+    /// verdict is `human`.
+    pub fn observe(
+        &self,
+        claims: &Claims,
+        now_ms: u64,
+        id: EventId,
+        network: u64,
+        human: bool,
+    ) -> Seen {
         let is_link = matches!(claims.kind, Kind::Click | Kind::Download);
         let link = if is_link { claims.link } else { 0 };
         let key = self.hasher.hash_one((
@@ -143,45 +179,41 @@ impl Dedup {
             cause: RelabelCause::Burst,
         };
         if is_link || claims.kind == Kind::Trap {
-            self.recent_clicks(claims, now_ms, id, network, &mut seen);
+            let click = Click {
+                id: id.0,
+                at_ms: now_ms,
+                network,
+                link: claims.link,
+                human,
+            };
+            self.recent_clicks(claims, click, &mut seen);
         }
         seen
     }
 
-    fn recent_clicks(
-        &self,
-        claims: &Claims,
-        now_ms: u64,
-        id: EventId,
-        network: u64,
-        seen: &mut Seen,
-    ) {
+    fn recent_clicks(&self, claims: &Claims, mut this: Click, seen: &mut Seen) {
         let key = self
             .hasher
             .hash_one((claims.tenant.as_str(), claims.message.as_str()));
         let settings = self.settings;
+        let now_ms = this.at_ms;
         let burst_since = now_ms.saturating_sub(settings.burst_window_ms);
         let trap_since = now_ms.saturating_sub(settings.trap_window_ms);
         self.recent.update(key, |old| {
             let mut recent = old.copied().unwrap_or_default();
             if claims.kind == Kind::Trap {
-                recent.trap = Some((network, now_ms));
+                recent.remember_trap(this.network, now_ms);
                 seen.cause = RelabelCause::Trap;
                 for click in recent.clicks() {
-                    if click.network == network
-                        && click.at_ms >= trap_since
-                        && !click.relabelled_trap
-                    {
-                        click.relabelled_trap = true;
+                    if click.human && click.network == this.network && click.at_ms >= trap_since {
+                        click.human = false;
                         seen.relabel.push(EventId(click.id));
                     }
                 }
                 return (recent, ());
             }
-            seen.trapped = recent
-                .trap
-                .is_some_and(|(net, at)| net == network && at >= trap_since);
-            let mut links = [claims.link; RECENT_CLICKS + 1];
+            seen.trapped = recent.trapped(this.network, trap_since);
+            let mut links = [this.link; RECENT_CLICKS + 1];
             let mut distinct = 1;
             for click in recent.clicks().iter().filter(|c| c.at_ms >= burst_since) {
                 if !links[..distinct].contains(&click.link) {
@@ -192,21 +224,15 @@ impl Dedup {
             seen.burst = distinct >= settings.burst_links;
             if seen.burst {
                 for click in recent.clicks() {
-                    if click.at_ms >= burst_since && !click.relabelled_burst {
-                        click.relabelled_burst = true;
+                    if click.human && click.at_ms >= burst_since {
+                        click.human = false;
                         seen.relabel.push(EventId(click.id));
                     }
                 }
             }
-            recent.remember(Click {
-                id: id.0,
-                at_ms: now_ms,
-                network,
-                link: claims.link,
-                // The hit itself is labelled by its own verdict.
-                relabelled_burst: seen.burst,
-                relabelled_trap: seen.trapped,
-            });
+            // The hit itself is labelled by its own verdict and what this finds.
+            this.human &= !seen.burst && !seen.trapped;
+            recent.remember(this);
             (recent, ())
         });
         self.rotated(self.recent.maybe_rotate(now_ms));
@@ -257,7 +283,7 @@ mod tests {
 
     impl Observe for Dedup {
         fn observe_at(&self, claims: &Claims, at: u64) -> Seen {
-            self.observe(claims, at, EventId(u128::from(at)), 1)
+            self.observe(claims, at, EventId(u128::from(at)), 1, true)
         }
     }
 
@@ -313,14 +339,14 @@ mod tests {
     #[test]
     fn a_burst_relabels_the_clicks_that_opened_it() {
         let d = dedup();
-        let first = d.observe(&claims(Kind::Click, "m", 1), 10_000, EventId(1), 7);
-        let second = d.observe(&claims(Kind::Click, "m", 2), 10_100, EventId(2), 7);
+        let first = d.observe(&claims(Kind::Click, "m", 1), 10_000, EventId(1), 7, true);
+        let second = d.observe(&claims(Kind::Click, "m", 2), 10_100, EventId(2), 7, true);
         assert!(first.relabel.is_empty() && second.relabel.is_empty());
-        let third = d.observe(&claims(Kind::Click, "m", 3), 10_200, EventId(3), 7);
+        let third = d.observe(&claims(Kind::Click, "m", 3), 10_200, EventId(3), 7, true);
         assert!(third.burst);
         assert_eq!(third.cause, RelabelCause::Burst);
         assert_eq!(third.relabel, [EventId(1), EventId(2)]);
-        let fourth = d.observe(&claims(Kind::Click, "m", 4), 10_300, EventId(4), 7);
+        let fourth = d.observe(&claims(Kind::Click, "m", 4), 10_300, EventId(4), 7, true);
         assert!(fourth.burst);
         assert!(fourth.relabel.is_empty(), "each click is relabelled once");
     }
@@ -328,19 +354,62 @@ mod tests {
     #[test]
     fn a_trap_hit_exposes_its_networks_clicks_before_and_after() {
         let d = dedup();
-        let ours = d.observe(&claims(Kind::Click, "m", 1), 1_000, EventId(1), 7);
-        let theirs = d.observe(&claims(Kind::Click, "m", 2), 5_000, EventId(2), 9);
+        let ours = d.observe(&claims(Kind::Click, "m", 1), 1_000, EventId(1), 7, true);
+        let theirs = d.observe(&claims(Kind::Click, "m", 2), 5_000, EventId(2), 9, true);
         assert!(!ours.trapped && !theirs.trapped);
-        let trap = d.observe(&claims(Kind::Trap, "m", 0), 6_000, EventId(3), 7);
+        let trap = d.observe(&claims(Kind::Trap, "m", 0), 6_000, EventId(3), 7, true);
         assert_eq!(trap.cause, RelabelCause::Trap);
         assert_eq!(trap.relabel, [EventId(1)], "only the trap's network");
-        let after = d.observe(&claims(Kind::Click, "m", 3), 30_000, EventId(4), 7);
+        let after = d.observe(&claims(Kind::Click, "m", 3), 30_000, EventId(4), 7, true);
         assert!(after.trapped);
-        let person = d.observe(&claims(Kind::Click, "m", 3), 30_000, EventId(5), 9);
+        let person = d.observe(&claims(Kind::Click, "m", 3), 30_000, EventId(5), 9, true);
         assert!(!person.trapped, "another network is not trapped");
-        let later = d.observe(&claims(Kind::Click, "m", 4), 70_000, EventId(6), 7);
+        let later = d.observe(&claims(Kind::Click, "m", 4), 70_000, EventId(6), 7, true);
         assert!(!later.trapped, "past the trap window");
-        let other = d.observe(&claims(Kind::Click, "m2", 1), 30_000, EventId(7), 7);
+        let other = d.observe(&claims(Kind::Click, "m2", 1), 30_000, EventId(7), 7, true);
         assert!(!other.trapped, "traps are per message");
+    }
+
+    #[test]
+    fn only_clicks_still_labelled_human_are_relabelled() {
+        let d = dedup();
+        // A named scanner's click keeps its vendor's label.
+        d.observe(&claims(Kind::Click, "m", 1), 10_000, EventId(1), 7, false);
+        d.observe(&claims(Kind::Click, "m", 2), 10_100, EventId(2), 7, true);
+        let third = d.observe(&claims(Kind::Click, "m", 3), 10_200, EventId(3), 7, true);
+        assert_eq!(third.relabel, [EventId(2)]);
+        // Relabelled by the burst already: the trap names nothing twice, and the
+        // burst's own third click was no longer human either.
+        let trap = d.observe(&claims(Kind::Trap, "m", 0), 10_300, EventId(4), 7, true);
+        assert!(trap.relabel.is_empty(), "{:?}", trap.relabel);
+    }
+
+    #[test]
+    fn several_networks_can_follow_one_trap() {
+        let d = dedup();
+        d.observe(&claims(Kind::Trap, "m", 0), 1_000, EventId(1), 7, true);
+        d.observe(&claims(Kind::Trap, "m", 0), 2_000, EventId(2), 8, true);
+        for (id, network) in [(3, 7), (4, 8)] {
+            let click = d.observe(
+                &claims(Kind::Click, "m", 1),
+                3_000,
+                EventId(id),
+                network,
+                true,
+            );
+            assert!(click.trapped, "network {network}");
+        }
+        let person = d.observe(&claims(Kind::Click, "m", 1), 3_000, EventId(5), 9, true);
+        assert!(!person.trapped);
+    }
+
+    #[test]
+    fn a_messages_click_memory_stays_small() {
+        // The README and config/trackedge.toml quote about 480 bytes per message.
+        assert!(
+            std::mem::size_of::<Recent>() <= 480,
+            "{}",
+            std::mem::size_of::<Recent>()
+        );
     }
 }

@@ -144,8 +144,9 @@ impl RequestMetrics {
     }
 
     /// A relabel found no room in the hand-off channel: its events keep their label.
-    pub fn relabel_lost(&self) {
-        self.relabels_lost.increment(1);
+    /// `events`: how many the lost relabel named.
+    pub fn relabel_lost(&self, events: u64) {
+        self.relabels_lost.increment(events);
     }
 
     pub fn refused(&self, error: HttpError) {

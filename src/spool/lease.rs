@@ -55,7 +55,8 @@ impl Spool {
         let cutoff = self.cutoff_ms();
         // Held back: segments with events younger than this wait (a burst or trap
         // found meanwhile relabels them first).
-        let young_after = now_ms().saturating_sub(self.hold_back.as_millis() as u64);
+        let now = now_ms();
+        let young_after = now.saturating_sub(self.hold_back.as_millis() as u64);
         let hold_back = self.holding.load(Ordering::Relaxed);
         let mut guard = self.guard();
         loop {
@@ -72,7 +73,10 @@ impl Spool {
                 if !taken.is_empty() && events >= max_events as u64 {
                     break;
                 }
-                if hold_back && record::decode(&bytes).is_ok_and(|s| s.newest_ts > young_after) {
+                // A segment from the future (the clock stepped back) is not held: it
+                // would stall everything behind it for the size of the step.
+                let young = |newest: u64| newest > young_after && newest <= now;
+                if hold_back && record::decode(&bytes).is_ok_and(|s| young(s.newest_ts)) {
                     // Later segments are younger still: forward in order.
                     too_young = true;
                     break;

@@ -309,11 +309,23 @@ async fn hold_back_keeps_young_segments_from_the_forwarder() {
 }
 
 use crate::enrich::verdict::Certainty;
+use relabel::Found;
 
-fn relabel_of(ids: &[u128]) -> Relabel {
+/// Event `n` recorded at `ts`, its id made at that time (as the request path does).
+fn timed(n: u128, ts: u64) -> Event {
+    let mut event = event(n, ts);
+    event.id = timed_id(n, ts);
+    event
+}
+
+fn timed_id(n: u128, ts: u64) -> EventId {
+    EventId(u128::from(ts) << 80 | n)
+}
+
+fn relabel_of(ts: u64, ids: &[u128]) -> Relabel {
     let class: crate::enrich::verdict::Class = "link_scanner:burst".parse().unwrap();
     Relabel {
-        ids: ids.iter().map(|&n| EventId(n)).collect(),
+        ids: ids.iter().map(|&n| timed_id(n, ts)).collect(),
         class: class.clone(),
         reason: "click_burst".into(),
         certainty: Certainty::Probable,
@@ -344,6 +356,14 @@ fn classes(spool: &Spool) -> Vec<(String, String)> {
     out
 }
 
+fn classes_of(spool: &Spool, message: &str) -> String {
+    classes(spool)
+        .into_iter()
+        .find(|(m, _)| m == message)
+        .map(|(_, class)| class)
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_relabel_rewrites_held_events_and_names_the_ones_that_may_have_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,23 +371,54 @@ async fn a_relabel_rewrites_held_events_and_names_the_ones_that_may_have_left() 
     config.max_batch_events = NonZeroUsize::new(1).unwrap();
     let (sender, writer, spool, _health) = running(&config).await;
     let now = now_ms();
-    committed(&sender, (1..=4).map(|n| event(n, now))).await;
+    committed(&sender, (1..=4).map(|n| timed(n, now))).await;
     let lease = spool.lease(0, 1, usize::MAX).unwrap().lease.unwrap();
     assert_eq!(lease_messages(&lease), ["m1"]);
     // 1 is in flight, 2 and 3 are held, 99 is gone.
-    let reclassify = spool.relabel(&relabel_of(&[1, 2, 3, 99])).unwrap().unwrap();
-    assert_eq!(reclassify.ids, [EventId(1), EventId(99)]);
-    assert_eq!(reclassify.kind.as_str(), "reclassify");
+    let found = spool.relabel(&relabel_of(now, &[1, 2, 3, 99])).unwrap();
+    assert_eq!(found.leased, [timed_id(1, now)]);
+    assert_eq!(found.missing, [timed_id(99, now)]);
     let classes = classes(&spool);
     assert_eq!(classes[0], ("m1".into(), "link_scanner:burst".into()));
     assert_eq!(classes[1], ("m2".into(), "link_scanner:burst".into()));
     assert_eq!(classes[2], ("m3".into(), "link_scanner:burst".into()));
     assert_eq!(classes[3], ("m4".into(), "human".into()));
     assert!(lease.is_stale(), "the lease reads its segment again");
-    assert!(
-        spool.relabel(&relabel_of(&[4])).unwrap().is_none(),
+    assert_eq!(
+        spool.relabel(&relabel_of(now, &[4])).unwrap(),
+        Found::default(),
         "all held"
     );
+    // Relabelled already: a second relabel (a trap after the burst) keeps the first.
+    let mut trap = relabel_of(now, &[2]);
+    trap.class = "link_scanner:trap".parse().unwrap();
+    assert_eq!(spool.relabel(&trap).unwrap(), Found::default());
+    assert_eq!(classes_of(&spool, "m2"), "link_scanner:burst");
     drop(lease);
+    writer.finish().await;
+}
+
+#[tokio::test]
+async fn a_relabel_that_overtakes_its_event_still_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.hold_back = Duration::from_secs(60);
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    // The burst's last click queued its relabel before the first click's request
+    // queued that click's event.
+    assert!(sender.relabel(relabel_of(now, &[1])));
+    sender.send(timed(1, now)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while classes(&spool) != [("m1".to_owned(), "link_scanner:burst".to_owned())]
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        classes(&spool),
+        [("m1".to_owned(), "link_scanner:burst".to_owned())],
+        "relabelled in place, no reclassify event"
+    );
     writer.finish().await;
 }

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
 
+use super::relabel::Found;
 use super::{DropReason, Handoff, Relabel, Spool};
 use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::event::{now_ms, EventId};
 use crate::health::Heartbeat;
 use crate::metrics as m;
 use crate::record::SegmentWriter;
@@ -21,6 +23,25 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// How often age bounds and gauges are refreshed.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// A relabel waits this long before it looks for its events, and again for those
+/// not found yet: the request that recorded one may not have queued it (its click
+/// was remembered a moment before its event was sent, and requests run in parallel).
+const RELABEL_DELAY: Duration = Duration::from_millis(20);
+/// Looks per relabel, the first included.
+const RELABEL_ATTEMPTS: u8 = 3;
+/// Events not found that are older than this have left (or were never stored).
+const IN_TRANSIT_MS: u64 = 500;
+/// Relabels waiting at once; beyond, they are done at once.
+const MAX_DEFERRED: usize = 1024;
+
+/// A relabel waiting for its events.
+struct Deferred {
+    relabel: Relabel,
+    due: Instant,
+    attempts: u8,
+    /// Found in leased segments or gone: named in one `reclassify` event at the end.
+    may_have_left: Vec<EventId>,
+}
 
 /// The writer thread; [`Writer::finish`] stops it after draining the channel.
 pub struct Writer {
@@ -48,6 +69,8 @@ impl Writer {
             next_seq,
             unflushed_since: None,
             last_housekeeping: Instant::now(),
+            deferred: Vec::new(),
+            reclassified: metrics::counter!(m::CLASSIFY_RELABELLED_EVENTS_TOTAL, "outcome" => "reclassify"),
             written: metrics::counter!(m::EVENTS_WRITTEN_TOTAL),
             batches: metrics::counter!(m::SPOOL_BATCHES_WRITTEN_TOTAL),
             write_errors: metrics::counter!(m::EVENTS_WRITE_ERRORS_TOTAL),
@@ -55,6 +78,9 @@ impl Writer {
         };
         task.spool.publish_gauges();
         metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
+        task.reclassified.increment(0);
+        metrics::counter!(m::CLASSIFY_RELABELLED_EVENTS_TOTAL, "outcome" => "relabelled")
+            .increment(0);
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || task.run())?;
@@ -82,6 +108,8 @@ struct WriterTask {
     next_seq: Seq,
     unflushed_since: Option<Instant>,
     last_housekeeping: Instant,
+    deferred: Vec<Deferred>,
+    reclassified: Counter,
     written: Counter,
     batches: Counter,
     write_errors: Counter,
@@ -95,6 +123,7 @@ impl WriterTask {
             // request path wake this thread, a context switch per request. Sleeping
             // and draining costs one wake-up per `batch_delay` instead.
             let disconnected = self.drain();
+            self.relabel_due(false);
             self.heartbeat.beat();
             self.flush_if_due();
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
@@ -107,6 +136,7 @@ impl WriterTask {
         }
         // Whatever is still queued was answered: it goes to disk before we exit.
         self.drain();
+        self.relabel_due(true);
         self.flush();
         self.spool.publish_gauges();
         metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
@@ -132,11 +162,15 @@ impl WriterTask {
                     }
                     Ok(Handoff::Barrier(done)) => barriers.push(done),
                     Ok(Handoff::Relabel(relabel)) => {
-                        // What it names was queued before it: store that first.
-                        if !segment.is_empty() {
-                            self.commit(std::mem::take(&mut segment));
+                        if self.deferred.len() >= MAX_DEFERRED {
+                            self.relabel_due(true);
                         }
-                        self.relabel(*relabel);
+                        self.deferred.push(Deferred {
+                            relabel: *relabel,
+                            due: Instant::now() + RELABEL_DELAY,
+                            attempts: 0,
+                            may_have_left: Vec::new(),
+                        });
                     }
                     Err(TryRecvError::Empty) => break (false, false),
                     Err(TryRecvError::Disconnected) => break (true, false),
@@ -149,6 +183,10 @@ impl WriterTask {
                 break disconnected;
             }
         };
+        if !barriers.is_empty() {
+            // A barrier's caller (an erasure) must find what the relabels write.
+            self.relabel_due(true);
+        }
         for done in barriers {
             // The caller may have given up waiting; nothing to tell then.
             let _ = done.send(());
@@ -156,19 +194,69 @@ impl WriterTask {
         disconnected
     }
 
-    /// Relabels what the spool still holds; what may have left already is named
-    /// in a `reclassify` event instead.
-    fn relabel(&mut self, relabel: Relabel) {
-        match self.spool.relabel(&relabel) {
-            Ok(Some(reclassify)) => {
-                let mut segment = SegmentWriter::new();
-                match segment.push(&reclassify) {
-                    Ok(()) => self.commit(segment),
-                    Err(err) => self.failed(&err, 1),
-                }
+    /// Runs the relabels that are due (all of them with `force`): relabels what the
+    /// spool still holds, looks again a little later for events that may still be on
+    /// their way, and names what may have left in one `reclassify` event each.
+    fn relabel_due(&mut self, force: bool) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for mut deferred in std::mem::take(&mut self.deferred) {
+            if !force && deferred.due > now {
+                self.deferred.push(deferred);
+                continue;
             }
-            Ok(None) => {}
-            Err(err) => self.failed(&err, 0),
+            deferred.attempts += 1;
+            let Found { leased, missing } = match self.spool.relabel(&deferred.relabel) {
+                Ok(found) => found,
+                Err(err) => {
+                    // Some may be rewritten, some not: the upstream hears of all.
+                    self.failed(&err, 0);
+                    Found {
+                        leased: Vec::new(),
+                        missing: deferred.relabel.ids.clone(),
+                    }
+                }
+            };
+            deferred.may_have_left.extend(leased);
+            let last_look = force || deferred.attempts >= RELABEL_ATTEMPTS;
+            let at = now_ms();
+            let (in_transit, gone): (Vec<EventId>, Vec<EventId>) = missing
+                .into_iter()
+                .partition(|id| !last_look && at.saturating_sub(id.timestamp_ms()) < IN_TRANSIT_MS);
+            deferred.may_have_left.extend(gone);
+            if in_transit.is_empty() {
+                self.reclassify(&deferred.relabel, deferred.may_have_left);
+            } else {
+                deferred.relabel.ids = in_transit;
+                deferred.due = now + RELABEL_DELAY;
+                self.deferred.push(deferred);
+            }
+        }
+    }
+
+    /// Queues the `reclassify` event naming `ids` (none: nothing to send).
+    fn reclassify(&mut self, relabel: &Relabel, mut ids: Vec<EventId>) {
+        if ids.is_empty() {
+            return;
+        }
+        ids.sort_unstable();
+        let named = ids.len() as u64;
+        let mut event = relabel.reclassify.clone();
+        event.ids = ids;
+        let mut segment = SegmentWriter::new();
+        match segment.push(&event) {
+            Ok(()) => {
+                self.commit(segment);
+                self.reclassified.increment(named);
+            }
+            Err(err) => {
+                self.failed(&err, 1);
+                self.spool.dropped(DropReason::WriteFailed, 1);
+                metrics::counter!(m::CLASSIFY_RELABELLED_EVENTS_TOTAL, "outcome" => "lost")
+                    .increment(named);
+            }
         }
     }
 
@@ -177,9 +265,20 @@ impl WriterTask {
             || segment.bytes() >= self.config.max_batch_bytes
     }
 
-    /// How long to sleep: one batch delay, or less when an fsync falls due sooner.
+    /// How long to sleep: one batch delay, or less when an fsync or a relabel falls
+    /// due sooner.
     fn pause(&self) -> Duration {
-        let pause = self.config.batch_delay.clamp(MIN_PAUSE, STOP_CHECK);
+        let relabel = self
+            .deferred
+            .iter()
+            .map(|d| d.due.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(STOP_CHECK);
+        let pause = self
+            .config
+            .batch_delay
+            .min(relabel)
+            .clamp(MIN_PAUSE, STOP_CHECK);
         match (self.unflushed_since, self.config.durability) {
             (Some(since), Durability::Interval(every)) => every
                 .saturating_sub(since.elapsed())

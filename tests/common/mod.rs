@@ -228,6 +228,23 @@ pub fn claims_of(kind: Kind, recipient: &str, message: &str) -> Claims {
     }
 }
 
+/// `method path` on the admin listener (loopback: no bearer token needed).
+pub async fn admin(server: &TestServer, method: &str, path: &str) -> Response<Bytes> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(server.admin, Version::HTTP_11, request).await
+}
+
+/// [`admin`], its answer parsed as JSON.
+pub async fn admin_json(server: &TestServer, method: &str, path: &str) -> serde_json::Value {
+    let response = admin(server, method, path).await;
+    serde_json::from_slice(response.body()).expect("JSON answer")
+}
+
 /// One request on a fresh HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
     send(addr, Version::HTTP_11, request("GET", path)).await
