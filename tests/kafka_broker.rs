@@ -77,8 +77,8 @@ fn consume_until(
     read
 }
 
-/// The distinct ids of the clicks read (the edge may add `reclassify` events: the
-/// test's clicks come fast enough to be bursts).
+/// The distinct ids of the clicks read (only clicks: should a slow run put two of a
+/// message's clicks within the 1 ms burst window, a `reclassify` event would join).
 fn distinct_ids(read: &[Consumed]) -> HashSet<String> {
     read.iter()
         .filter(|c| c.event["kind"] == "click")
