@@ -38,6 +38,7 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static THREAD_ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static THREAD_BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
 fn count(size: usize) {
@@ -45,6 +46,7 @@ fn count(size: usize) {
     BYTES.fetch_add(size as u64, Ordering::Relaxed);
     // `try_with`: the thread-local may already be gone while a thread exits.
     let _ = THREAD_ALLOCS.try_with(|n| n.set(n.get() + 1));
+    let _ = THREAD_BYTES.try_with(|n| n.set(n.get() + size as u64));
 }
 
 // SAFETY: every call is passed unchanged to the system allocator; the wrapper only
@@ -164,10 +166,11 @@ fn main() {
     // Requests are built before counting: hyper builds them in the server, and what
     // the edge allocates is the question.
     let requests: Vec<_> = (0..HITS).map(|_| request()).collect();
-    let (all0, bytes0, own0) = (
+    let (all0, bytes0, own0, own_bytes0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
         THREAD_ALLOCS.with(Cell::get),
+        THREAD_BYTES.with(Cell::get),
     );
     let started = Instant::now();
     for request in requests {
@@ -176,6 +179,7 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let own = THREAD_ALLOCS.with(Cell::get) - own0;
+    let own_bytes = THREAD_BYTES.with(Cell::get) - own_bytes0;
     drop(edge);
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -186,8 +190,9 @@ fn main() {
     assert!(spool.records() >= HITS, "every hit was recorded");
     let per = |n: u64| n as f64 / HITS as f64;
     println!(
-        "alloc_per_hit/pixel: {:.2} allocations per hit on the request path, {:.2} with the writer; {:.0} bytes allocated per hit; {:.2} µs per hit (wall, informational)",
+        "alloc_per_hit/pixel: {:.2} allocations ({:.0} bytes) per hit on the request path; {:.2} ({:.0} bytes) with the writer thread; {:.2} µs per hit (wall, informational)",
         per(own),
+        per(own_bytes),
         per(all),
         per(bytes),
         elapsed.as_secs_f64() * 1e6 / HITS as f64

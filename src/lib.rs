@@ -8,7 +8,7 @@
 //! - [`route`]: the public request path; [`token`] and [`keys`]: signed URLs.
 //! - [`enrich`]: client IP, user agent, GeoIP, class, first/duplicate.
 //! - [`privacy`]: what may be stored; [`ratelimit`]: how much one network may
-//!   record; [`event`]: the record.
+//!   record; [`event`]: the record; [`wire`]: its JSON line.
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness.
@@ -73,5 +73,6 @@ pub mod subjects;
 pub mod suppression;
 pub mod tls;
 pub mod token;
+pub mod wire;
 
 pub use token::{mint_url, sign, verify, Claims, Key, KeyRing, Kind};

@@ -191,7 +191,10 @@ mod tests {
         let page = html(StatusCode::NOT_FOUND, LINK_NOT_FOUND_PAGE);
         assert_eq!(page.status(), StatusCode::NOT_FOUND);
         assert_eq!(page.headers()[CONTENT_SECURITY_POLICY], HTML_CSP);
-        assert_eq!(text(StatusCode::OK, "ok\n").headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(
+            text(StatusCode::OK, "ok\n").headers()[CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
     }
 
     #[test]
