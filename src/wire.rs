@@ -6,9 +6,10 @@
 //! generic writer and formats the place's coordinates on every event; it was the
 //! largest single cost of a hit (about 9,000 of 58,000 instructions, callgrind).
 //! Here keys are literals, strings are scanned eight bytes at a time for the few
-//! bytes JSON escapes, integers go through `itoa`, and the `geo` object (the only
-//! part with floats) is encoded once per distinct record and kept in a small
-//! per-thread cache keyed by the record's shared allocation.
+//! bytes JSON escapes, integers go through `itoa`, and the parts shared between
+//! events (the place, the user agent and what it tells) are encoded once per
+//! distinct value and kept in small per-thread caches keyed by the value's shared
+//! allocation.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -55,10 +56,13 @@ pub fn write_event(event: &Event, out: &mut Vec<u8>) {
         write_asn(out, asn);
     }
     out.extend_from_slice(b",\"ua\":");
-    write_opt_str(out, event.ua.as_deref());
+    match &event.ua {
+        Some(ua) => UA_JSON.with_borrow_mut(|cache| out.extend_from_slice(cache.get(ua))),
+        None => out.extend_from_slice(b"null"),
+    }
     if let Some(client) = &event.client {
         out.extend_from_slice(b",\"client\":");
-        write_client(out, client);
+        CLIENT_JSON.with_borrow_mut(|cache| out.extend_from_slice(cache.get(client)));
     }
     out.extend_from_slice(b",\"class\":");
     write_class(out, &event.class);
@@ -179,6 +183,16 @@ fn write_str_contents(out: &mut Vec<u8>, value: &str) {
         }
         clean += 8;
     }
+    let rest = &bytes[clean..];
+    if rest.len() < 8 {
+        // The tail as one word, padded with spaces (which need no escape).
+        let mut word = [b' '; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        if !needs_escape(u64::from_le_bytes(word)) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+    }
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate().skip(clean) {
         let escape = ESCAPE[usize::from(byte)];
@@ -223,38 +237,55 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
-/// Slots of the per-thread cache of encoded places. The records come from the
-/// GeoIP reader's own cache, so a few hundred distinct places cover the hot set.
-const GEO_SLOTS: usize = 512;
+/// Slots of each per-thread cache of encoded parts. Places come from the GeoIP
+/// reader's record cache and agents from the user-agent cache, so a few hundred
+/// distinct ones cover the hot set.
+const CACHE_SLOTS: usize = 512;
 
 thread_local! {
-    static GEO_JSON: RefCell<FragmentCache<Geo>> = RefCell::new(FragmentCache::new(GEO_SLOTS));
+    static GEO_JSON: RefCell<FragmentCache<Geo>> =
+        RefCell::new(FragmentCache::new(CACHE_SLOTS, |geo: &Geo| {
+            serde_json::to_vec(geo).expect("serializing a plain struct into a Vec cannot fail")
+        }));
+    static UA_JSON: RefCell<FragmentCache<str>> =
+        RefCell::new(FragmentCache::new(CACHE_SLOTS, |ua: &str| {
+            let mut out = Vec::with_capacity(ua.len() + 2);
+            write_str(&mut out, ua);
+            out
+        }));
+    static CLIENT_JSON: RefCell<FragmentCache<Client>> =
+        RefCell::new(FragmentCache::new(CACHE_SLOTS, |client: &Client| {
+            let mut out = Vec::with_capacity(96);
+            write_client(&mut out, client);
+            out
+        }));
 }
 
-/// A direct-mapped cache of the JSON of shared records, keyed by their allocation.
+/// A direct-mapped cache of the JSON of shared values, keyed by their allocation.
 /// Each entry keeps a clone of the `Arc`, so the allocation cannot be freed and
-/// reused for another record while the entry exists: a pointer match is a match.
-struct FragmentCache<T> {
+/// reused for another value while the entry exists: a pointer match is a match.
+struct FragmentCache<T: ?Sized> {
     slots: Vec<Option<(Arc<T>, Box<[u8]>)>>,
+    encode: fn(&T) -> Vec<u8>,
 }
 
-impl<T: serde::Serialize> FragmentCache<T> {
-    fn new(slots: usize) -> FragmentCache<T> {
+impl<T: ?Sized> FragmentCache<T> {
+    fn new(slots: usize, encode: fn(&T) -> Vec<u8>) -> FragmentCache<T> {
         FragmentCache {
             slots: (0..slots).map(|_| None).collect(),
+            encode,
         }
     }
 
     fn get(&mut self, value: &Arc<T>) -> &[u8] {
         // Fibonacci hashing of the address; allocations are 16-byte aligned.
-        let address = Arc::as_ptr(value) as usize as u64;
+        let address = Arc::as_ptr(value).cast::<u8>() as usize as u64;
         let index =
             ((address >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % self.slots.len();
         let slot = &mut self.slots[index];
         let hit = matches!(slot, Some((cached, _)) if Arc::ptr_eq(cached, value));
         if !hit {
-            let json = serde_json::to_vec(&**value)
-                .expect("serializing a plain struct into a Vec cannot fail");
+            let json = (self.encode)(value);
             *slot = Some((value.clone(), json.into_boxed_slice()));
         }
         match slot {
@@ -344,6 +375,16 @@ mod tests {
                 same_as_serde(&event(text, 47.4, present));
             }
         }
+        // An escape at every position of strings around the word size.
+        for len in 0..20 {
+            for at in 0..len {
+                for special in ['"', '\\', '\n', '\u{1}'] {
+                    let mut text: Vec<char> = std::iter::repeat_n('a', len).collect();
+                    text[at] = special;
+                    same_as_serde(&event(&text.into_iter().collect::<String>(), 1.0, true));
+                }
+            }
+        }
         for lat in [0.0, -0.0, 1e-7, 1e300, f64::NAN, f64::INFINITY, 47.0] {
             same_as_serde(&event("x", lat, true));
         }
@@ -351,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_cached_place_is_the_same_record_not_an_equal_address() {
-        let mut cache = FragmentCache::new(1);
+        let mut cache = FragmentCache::new(1, |geo: &Geo| serde_json::to_vec(geo).unwrap());
         let a = Arc::new(Geo {
             city: Some("A".into()),
             ..Geo::default()
