@@ -164,6 +164,7 @@ pub struct RawForward {
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
     pub max_in_flight: usize,
+    pub linger_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub circuit_failures: u32,
@@ -487,6 +488,7 @@ impl Default for RawForward {
             max_batch_events: 1000,
             max_batch_bytes: 1 << 20,
             max_in_flight: 4,
+            linger_ms: 50,
             backoff_initial_ms: 100,
             backoff_max_ms: 30_000,
             circuit_failures: 5,
@@ -730,6 +732,8 @@ pub struct ForwardConfig {
     pub max_batch_events: NonZeroUsize,
     pub max_batch_bytes: usize,
     pub max_in_flight: NonZeroUsize,
+    /// How long the oldest event may wait for a fuller batch.
+    pub linger: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub circuit_failures: u32,
@@ -1309,6 +1313,10 @@ fn validate_forward(data_dir: &str, raw: RawForward) -> Result<ForwardConfig, Co
         max_batch_bytes: raw.max_batch_bytes.max(1),
         max_in_flight: NonZeroUsize::new(raw.max_in_flight)
             .ok_or_else(|| invalid("forward.max_in_flight", "must be at least 1"))?,
+        linger: match raw.linger_ms {
+            0..=60_000 => Duration::from_millis(raw.linger_ms),
+            _ => return Err(invalid("forward.linger_ms", "must be at most 60000 ms")),
+        },
         backoff_initial: millis("forward.backoff_initial_ms", raw.backoff_initial_ms, 1)?,
         backoff_max: millis("forward.backoff_max_ms", raw.backoff_max_ms, 1)?,
         circuit_failures: raw.circuit_failures.max(1),
