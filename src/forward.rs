@@ -218,8 +218,10 @@ struct Pipeline {
     latency: Histogram,
 }
 
-/// Spool segments read at once when building a batch.
-const SEGMENTS_PER_READ: usize = 64;
+/// Spool segments read at once when building a batch: enough for a full batch
+/// (`forward.max_batch_events`, 1000 by default) of the small segments the store
+/// keeps inline (about 10 events each, see `store::MAX_INLINE_VALUE_BYTES`).
+const SEGMENTS_PER_READ: usize = 256;
 
 /// How often the loop looks at the spool without a wake-up (also its heartbeat).
 const IDLE_TICK: Duration = Duration::from_millis(500);

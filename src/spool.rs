@@ -4,9 +4,11 @@
 //! Requests push [`Event`]s into a bounded channel with [`EventSender::send`], which
 //! never waits: a full channel drops the event and counts it. The writer thread (disk
 //! I/O never runs on the async workers) wakes every `batch_delay`, takes what has
-//! arrived in segments of up to `max_batch_events` events or `max_batch_bytes`,
+//! arrived in segments of up to `max_batch_events` events or `max_batch_bytes`
+//! (and at most [`crate::store::MAX_INLINE_VALUE_BYTES`], what the store keeps
+//! inline),
 //! encodes each ([`crate::record`]) and appends it under the next sequence number:
-//! one engine write per group commit, and no wake-up per request.
+//! one engine write per segment, and no wake-up per request.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -376,7 +378,7 @@ impl WriterTask {
                             self.dropped(DropReason::WriteFailed, 1);
                         }
                         if segment.len() >= self.config.max_batch_events.get()
-                            || segment.bytes() >= self.config.max_batch_bytes
+                            || segment.bytes() >= self.max_segment_bytes()
                         {
                             break false;
                         }
@@ -386,14 +388,27 @@ impl WriterTask {
                 }
             };
             let full = segment.len() >= self.config.max_batch_events.get()
-                || segment.bytes() >= self.config.max_batch_bytes;
+                || segment.bytes() >= self.max_segment_bytes();
             if !segment.is_empty() {
                 self.commit(segment);
             }
             if disconnected || !full {
+                // `batch` durability: one fsync for everything this wake-up took,
+                // however many segments it made.
+                if self.config.durability == Durability::EveryBatch {
+                    self.flush();
+                }
                 return disconnected;
             }
         }
+    }
+
+    /// A group commit is stored as segments no larger than the store keeps inline
+    /// ([`crate::store::MAX_INLINE_VALUE_BYTES`]; one event may overshoot it).
+    fn max_segment_bytes(&self) -> usize {
+        self.config
+            .max_batch_bytes
+            .min(crate::store::MAX_INLINE_VALUE_BYTES)
     }
 
     /// How long to sleep: one batch delay, or less when an fsync falls due sooner.
@@ -439,9 +454,6 @@ impl WriterTask {
                 self.written.increment(events);
                 self.batches.increment(1);
                 self.unflushed_since.get_or_insert_with(Instant::now);
-                if self.config.durability == Durability::EveryBatch {
-                    self.flush();
-                }
                 self.spool.appended.notify_one();
             }
             Err(err) => {
