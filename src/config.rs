@@ -449,7 +449,7 @@ impl Default for RawSpool {
             flush_every_ms: 100,
             max_bytes: 1 << 30,
             full_policy: "drop_oldest".into(),
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
         }
     }
 }
