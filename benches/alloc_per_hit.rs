@@ -117,7 +117,7 @@ fn main() {
     let privacy = trackedge::privacy::Privacy::new(
         &config.privacy,
         dir.path(),
-        trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
+        spool.suppressions().expect("suppressions"),
     )
     .expect("privacy");
     let edge = Edge::new(

@@ -20,7 +20,8 @@ use trackedge::enrich::client_ip::{ClientIp, Source};
 use trackedge::enrich::geo::{Db, DbKind};
 use trackedge::enrich::ua::{self, UaCache};
 use trackedge::enrich::Enricher;
-use trackedge::route::Hit;
+use trackedge::event::EventId;
+use trackedge::hit::Hit;
 use trackedge::{Claims, Kind};
 
 const UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
@@ -86,15 +87,14 @@ fn enrich(c: &mut Criterion) {
 
     let enricher = Enricher::new(&config, 0).expect("enricher");
     let claims = Claims {
-        kind: Kind::Open,
-        tenant: "acme".into(),
-        campaign: "spring-2026".into(),
-        message: "01J9Z3W6Q8K2M4N6P8R0S2T4V6".into(),
         recipient: Some("r-8f14e45f".into()),
-        link: 0,
-        target: None,
-        expires_at: None,
         sent_at: Some(1_795_000_000),
+        ..Claims::new(
+            Kind::Open,
+            "acme",
+            "spring-2026",
+            "01J9Z3W6Q8K2M4N6P8R0S2T4V6",
+        )
     };
     let hit = Hit {
         at_ms: 1_795_000_100_000,
@@ -103,7 +103,10 @@ fn enrich(c: &mut Criterion) {
         head: false,
     };
     c.bench_function("enrich/whole_open", |b| {
-        b.iter(|| enricher.enrich(black_box(&hit), &claims))
+        b.iter(|| {
+            let hit = black_box(&hit);
+            enricher.describe(hit, &claims, enricher.client_addr(hit), EventId(1))
+        })
     });
 }
 

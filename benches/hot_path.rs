@@ -37,17 +37,13 @@ fn run_once<F: Future>(future: F) -> F::Output {
 
 fn claims(kind: Kind) -> Claims {
     Claims {
-        kind,
-        tenant: "acme".into(),
-        campaign: "spring-2026".into(),
-        message: "01J9Z3W6Q8K2M4N6P8R0S2T4V6".into(),
         recipient: Some("r-8f14e45f".into()),
         link: 3,
         target: kind
             .has_target()
             .then(|| "https://shop.example.com/spring/sale?utm_source=email".into()),
-        expires_at: None,
         sent_at: Some(1_795_000_000),
+        ..Claims::new(kind, "acme", "spring-2026", "01J9Z3W6Q8K2M4N6P8R0S2T4V6")
     }
 }
 
@@ -70,6 +66,7 @@ fn hot_path(c: &mut Criterion) {
             max_age: Duration::from_secs(3600),
             full_policy: FullPolicy::DropOldest,
             cache_bytes: 64 << 20,
+            hold_back: Duration::ZERO,
         },
         health.register("writer", Duration::from_secs(3600)),
     )
@@ -79,7 +76,7 @@ fn hot_path(c: &mut Criterion) {
             .expect("default config")
             .privacy,
         dir.path(),
-        trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
+        spool.suppressions().expect("suppressions"),
     )
     .expect("privacy");
     let config = trackedge::config::Config::from_toml_str("", &Default::default()).expect("config");

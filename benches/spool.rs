@@ -18,40 +18,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use trackedge::config::{
     Durability, ForwardConfig, FullPolicy, HttpSinkConfig, SinkConfig, SpoolConfig,
 };
-use trackedge::event::{now_ms, Event, EventId, EventKind, SCHEMA_VERSION};
+use trackedge::event::{now_ms, Event, EventId};
 use trackedge::forward::Forwarder;
 use trackedge::health::Health;
-use trackedge::Kind;
+use trackedge::{Claims, Kind};
 
 const EVENTS: u64 = 20_000;
 
+/// A realistic click: about the size of a real event on the wire.
 fn event(n: u64) -> Event {
-    Event {
-        v: SCHEMA_VERSION,
-        id: EventId(u128::from(n)),
-        ts: now_ms(),
-        kind: EventKind::Tracked(Kind::Click),
-        tenant: "acme".into(),
-        campaign: "spring-2026".into(),
-        message: format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
+    let claims = Claims {
         recipient: Some("r-8f14e45f".into()),
         link: 3,
         target: Some("https://shop.example.com/spring/sale?utm_source=email".into()),
-        ip: Some("203.0.113.0".into()),
-        geo: None,
-        asn: None,
-        ua: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148".into()),
-        client: None,
-        class: trackedge::enrich::classify::Class::HUMAN,
-        class_reason: "no_signal".into(),
-        first: true,
-        dnt: false,
-        gpc: false,
-        head: false,
-        self_open: false,
-        rate_limited: false,
-        node: "bench".into(),
-    }
+        ..Claims::new(
+            Kind::Click,
+            "acme",
+            "spring-2026",
+            format!("01J9Z3W6Q8K2M4N6P8R{n:07}"),
+        )
+    };
+    let mut event = Event::of_claims(
+        claims,
+        EventId(u128::from(n)),
+        now_ms(),
+        "no_signal".into(),
+        "bench".into(),
+    );
+    event.ip = Some("203.0.113.0".into());
+    event.ua = Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148".into());
+    event.first = true;
+    event
 }
 
 fn spool_config(dir: &std::path::Path, durability: Durability) -> SpoolConfig {
@@ -66,6 +63,7 @@ fn spool_config(dir: &std::path::Path, durability: Durability) -> SpoolConfig {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::DropOldest,
         cache_bytes: 64 << 20,
+        hold_back: Duration::ZERO,
     }
 }
 
@@ -88,7 +86,7 @@ fn append_run(runtime: &tokio::runtime::Runtime, durability: Durability) -> (Dur
     }
     let elapsed = started.elapsed();
     runtime.block_on(writer.finish());
-    let disk = spool.store.size_on_disk();
+    let disk = spool.snapshot().disk_bytes;
     (elapsed, disk)
 }
 
@@ -126,9 +124,16 @@ async fn receiver(received: Arc<AtomicU64>) -> std::net::SocketAddr {
     addr
 }
 
-/// Fills a spool with `EVENTS` events, then times the forwarder draining it.
-fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
+/// Fills a spool with `EVENTS` events, then times the forwarder draining it (each
+/// batch signed with one Standard Webhooks secret when `signed`).
+fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool, signed: bool) -> Duration {
     let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(
+        &secret_file,
+        "whsec_c2lnbmluZy1zZWNyZXQtb2YtMzItYnl0ZXMtLS0tLS0=\n",
+    )
+    .expect("secret file");
     let health = Health::new();
     let (sender, writer, spool) = trackedge::spool::start(
         &spool_config(dir.path(), Durability::Interval(Duration::from_millis(100))),
@@ -150,6 +155,7 @@ fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool) -> Duration {
                 timeout: Duration::from_secs(10),
                 ca_file: None,
                 gzip,
+                signing_secret_file: signed.then(|| secret_file.clone()),
             }),
             max_batch_events: NonZeroUsize::new(1000).expect("non-zero"),
             max_batch_bytes: 1 << 20,
@@ -203,10 +209,17 @@ fn spool(c: &mut Criterion) {
         })
     });
     group.bench_function("forward_http_gzip", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, true)).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, true, false)).sum())
     });
     group.bench_function("forward_http_plain", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, false)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| forward_run(&runtime, false, false))
+                .sum()
+        })
+    });
+    group.bench_function("forward_http_plain_signed", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| forward_run(&runtime, false, true)).sum())
     });
     group.finish();
     let (_, disk) = append_run(&runtime, Durability::Interval(Duration::from_millis(100)));

@@ -26,7 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::event::{now_ms, Event, EventKind, SCHEMA_VERSION};
+use crate::event::{now_ms, Event};
 use crate::forward::{ForwardStatus, SinkStatus};
 use crate::health::Health;
 use crate::metrics as m;
@@ -39,6 +39,8 @@ pub type AdminBody = Either<Full<Bytes>, Channel<Bytes>>;
 
 /// How long an erasure waits for room in the event channel for its erasure record.
 const ERASURE_RECORD_WAIT: Duration = Duration::from_secs(5);
+/// How long an erasure or export waits for the writer to commit what was queued.
+const HANDOFF_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pub prometheus: PrometheusHandle,
@@ -113,7 +115,7 @@ async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBod
         (["healthz"], &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n".into()),
         (["readyz"], &Method::GET | &Method::HEAD) => readiness(admin),
         (["metrics"], &Method::GET | &Method::HEAD) => {
-            let mut response = text(StatusCode::OK, admin.prometheus.render());
+            let mut response = text(StatusCode::OK, m::render(&admin.prometheus));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -156,7 +158,7 @@ async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBod
         }
         (["admin", "subjects", tenant, recipient, "export"], &Method::GET) => {
             match (decode(tenant), decode(recipient)) {
-                (Some(tenant), Some(recipient)) => export(admin, tenant, recipient),
+                (Some(tenant), Some(recipient)) => export(admin, tenant, recipient).await,
                 _ => text(StatusCode::BAD_REQUEST, "bad percent-encoding\n".into()),
             }
         }
@@ -176,17 +178,11 @@ async fn answer<B>(admin: &Arc<Admin>, request: Request<B>) -> Response<AdminBod
 
 fn readiness(admin: &Admin) -> Response<AdminBody> {
     match admin.health.check() {
-        Ok(()) => {
-            metrics::gauge!(m::READY).set(1.0);
-            text(StatusCode::OK, "ready\n".into())
-        }
-        Err(why) => {
-            metrics::gauge!(m::READY).set(0.0);
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            )
-        }
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -248,13 +244,26 @@ async fn suppression(
 async fn erase(admin: &Arc<Admin>, tenant: &str, recipient: &str) -> Response<AdminBody> {
     metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => "erase").increment(1);
     let (t, r) = (tenant.to_owned(), recipient.to_owned());
-    // Suppress first so nothing new is recorded while the spool is swept.
-    let erased = blocking(admin, move |admin: &Admin| {
-        admin.edge.privacy.suppressions.add(&t, &r)?;
-        subjects::erase(&admin.spool, &t, &r)
+    // Suppress first so nothing new is recorded while the spool is swept; then wait
+    // until what was answered before is in the spool, so the sweep finds it.
+    let suppressed = blocking(admin, move |admin: &Admin| {
+        admin.edge.privacy.suppressions.add(&t, &r)
     })
     .await;
     publish_suppressed(admin);
+    let committed = admin.edge.events.committed(HANDOFF_WAIT).await;
+    let erased = match (suppressed, committed) {
+        (Ok(_), Ok(())) => subjects::erase(&admin.spool, tenant, recipient).await,
+        (Err(err), _) => Err(err),
+        (_, Err(err)) => {
+            audit("erase", tenant, recipient, "failed");
+            tracing::error!(error = %err, "erasure could not see the hand-off drained");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the spool writer is behind; repeat the call\n".into(),
+            );
+        }
+    };
     let erased = match erased {
         Ok(erased) => erased,
         Err(err) => {
@@ -297,33 +306,8 @@ async fn queue_erasure_record(edge: &Edge, tenant: &str, recipient: &str) -> boo
     let deadline = tokio::time::Instant::now() + ERASURE_RECORD_WAIT;
     loop {
         let at_ms = now_ms();
-        let record = Event {
-            v: SCHEMA_VERSION,
-            id: edge.ids.next(at_ms),
-            ts: at_ms,
-            kind: EventKind::Erasure,
-            tenant: tenant.to_owned(),
-            campaign: String::new(),
-            message: String::new(),
-            recipient: Some(recipient.to_owned()),
-            link: 0,
-            target: None,
-            ip: None,
-            geo: None,
-            asn: None,
-            ua: None,
-            client: None,
-            // Not a hit: the class fields only keep the schema uniform.
-            class: crate::enrich::classify::Class::HUMAN,
-            class_reason: "erasure_record".into(),
-            first: false,
-            dnt: false,
-            gpc: false,
-            head: false,
-            self_open: false,
-            rate_limited: false,
-            node: edge.node.clone(),
-        };
+        let id = edge.ids.next(at_ms);
+        let record = Event::erasure(id, at_ms, tenant, recipient, edge.node.clone());
         match edge.events.send(record) {
             Ok(()) => return true,
             Err(crate::spool::DropReason::ChannelFull)
@@ -336,8 +320,17 @@ async fn queue_erasure_record(edge: &Edge, tenant: &str, recipient: &str) -> boo
     }
 }
 
-fn export(admin: &Arc<Admin>, tenant: String, recipient: String) -> Response<AdminBody> {
+async fn export(admin: &Arc<Admin>, tenant: String, recipient: String) -> Response<AdminBody> {
     metrics::counter!(m::PRIVACY_ADMIN_CALLS_TOTAL, "action" => "export").increment(1);
+    // What was answered before the call is part of the export: wait until it is stored.
+    if let Err(err) = admin.edge.events.committed(HANDOFF_WAIT).await {
+        audit("export", &tenant, &recipient, "failed");
+        tracing::error!(error = %err, "export could not see the hand-off drained");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the spool writer is behind; repeat the call\n".into(),
+        );
+    }
     let (mut sender, body) = Channel::<Bytes>::new(4);
     let admin = admin.clone();
     let runtime = tokio::runtime::Handle::current();
@@ -372,9 +365,7 @@ async fn blocking<T: Send + 'static>(
     let admin = admin.clone();
     match tokio::task::spawn_blocking(move || work(&admin)).await {
         Ok(result) => result,
-        Err(_) => Err(crate::store::StoreError::from(sled::Error::ReportableBug(
-            "admin storage task panicked".into(),
-        ))),
+        Err(_) => Err(crate::store::StoreError::TaskFailed),
     }
 }
 

@@ -19,6 +19,15 @@ mod mapped;
 pub mod rules;
 pub(crate) mod twogen;
 pub mod ua;
+pub mod verdict;
+
+/// One key per client network (IPv4 /24, IPv6 /48): the hits a trap exposes share it.
+fn network_key(ip: IpAddr) -> u64 {
+    match cidr::truncate_ip(ip, 24, 48) {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64 | 1 << 63,
+    }
+}
 
 #[cfg(test)]
 #[path = "../tests/common/mmdb.rs"]
@@ -32,12 +41,13 @@ use http::header::USER_AGENT;
 use metrics::Counter;
 
 use crate::config::Config;
+use crate::event::EventId;
+use crate::hit::Hit;
 use crate::metrics as m;
-use crate::route::Hit;
-use crate::token::Claims;
+use crate::token::{Claims, Kind};
 use classify::{ClassKind, Classifier, RuleSet, RulesError, Signals, UaMatch, Verdict};
 use client_ip::{ClientIp, Origin};
-use dedup::Dedup;
+use dedup::{Dedup, RelabelCause};
 use geo::{Asn, Db, DbKind, Geo, GeoError};
 use ua::{Client, UaCache};
 
@@ -98,6 +108,16 @@ pub struct Enrichment {
     pub asn: Option<Arc<Asn>>,
     pub verdict: Verdict,
     pub first: bool,
+    /// Earlier events of the message this hit shows to be a machine's, and what
+    /// they are (the first clicks of a burst, the clicks a trap hit exposes).
+    pub relabel: Option<Relabel>,
+}
+
+/// Events to relabel, by id.
+#[derive(Debug, Clone)]
+pub struct Relabel {
+    pub ids: Vec<EventId>,
+    pub verdict: Verdict,
 }
 
 struct StageMetrics {
@@ -178,12 +198,6 @@ impl Enricher {
         })
     }
 
-    /// The whole stage for one hit: [`Enricher::client_addr`] then
-    /// [`Enricher::describe`].
-    pub fn enrich(&self, hit: &Hit, claims: &Claims) -> Enrichment {
-        self.describe(hit, claims, self.client_addr(hit))
-    }
-
     /// The first half of the stage: the client address (from trusted proxy headers
     /// only) and its network. The route's recording limit runs between the halves,
     /// so an event it drops leaves no trace in the first-seen set or the counters.
@@ -200,15 +214,22 @@ impl Enricher {
         }
     }
 
-    /// The second half: device, place, first/duplicate and class.
-    pub fn describe(&self, hit: &Hit, claims: &Claims, client: ClientAddr) -> Enrichment {
+    /// The second half: device, place, first/duplicate and class. `id` is the id
+    /// the hit's event will carry (a later burst or trap hit may relabel it).
+    pub fn describe(
+        &self,
+        hit: &Hit,
+        claims: &Claims,
+        client: ClientAddr,
+        id: EventId,
+    ) -> Enrichment {
         let ClientAddr { ip, asn } = client;
         let parsed = hit.headers.get(USER_AGENT).map(|raw| {
             self.ua
                 .get(raw.as_bytes(), |ua| UaFacts::derive(&self.classifier, ua))
         });
         let geo = self.city.as_ref().and_then(|db| db.city(ip));
-        let seen = self.dedup.observe(claims, hit.at_ms);
+        let seen = self.dedup.observe(claims, hit.at_ms, id, network_key(ip));
         let mut verdict = self.classifier.classify(&Signals {
             kind: claims.kind,
             head: hit.head,
@@ -219,9 +240,20 @@ impl Enricher {
                 .map(|sent| (hit.at_ms / 1000).saturating_sub(sent)),
             ua: parsed.as_ref().map(|p| &p.facts.matched),
         });
-        if seen.burst && verdict.class.kind == ClassKind::Human {
+        if claims.kind == Kind::Trap {
+            verdict = self.classifier.trap_link();
+        } else if seen.trapped {
+            verdict = self.classifier.trap_network();
+        } else if seen.burst && verdict.class.kind == ClassKind::Human {
             verdict = self.classifier.burst();
         }
+        let relabel = (!seen.relabel.is_empty()).then(|| Relabel {
+            verdict: match seen.cause {
+                RelabelCause::Burst => self.classifier.burst(),
+                RelabelCause::Trap => self.classifier.trap_network(),
+            },
+            ids: seen.relabel,
+        });
         self.metrics.classified[verdict.class.kind.index()].increment(1);
         Enrichment {
             ip,
@@ -231,6 +263,7 @@ impl Enricher {
             asn,
             verdict,
             first: seen.first,
+            relabel,
         }
     }
 
@@ -241,6 +274,11 @@ impl Enricher {
     /// The GeoIP databases to watch for changes, if any are configured.
     pub fn has_databases(&self) -> bool {
         self.databases().next().is_some()
+    }
+
+    /// Whether an ASN database is loaded (ASN rules and exemptions need one).
+    pub fn has_asn_db(&self) -> bool {
+        self.asn.is_some()
     }
 }
 
@@ -294,7 +332,7 @@ mod tests {
             headers: &headers,
             head: false,
         };
-        e.enrich(&hit, &claims(kind, "m"))
+        e.describe(&hit, &claims(kind, "m"), e.client_addr(&hit), EventId(1))
     }
 
     /// Real-world agents: (agent, browser, os, category, class of an open from a home

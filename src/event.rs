@@ -1,11 +1,10 @@
 //! The event: one record per recorded request, the unit written and forwarded.
 //!
 //! Built by the route from verified claims and request facts, handed to the writer
-//! through `spool`, serialized there (never on the request path) by
-//! [`crate::wire`], which writes exactly what this type's `Serialize` writes. Schema version
-//! [`SCHEMA_VERSION`]; fields are documented in the README. Ids are ULID-shaped:
-//! 48 bits of milliseconds, 16 bits chosen at random when the process starts and a
-//! 64-bit sequence, so they sort by time and never repeat on one edge node.
+//! through `spool`, serialized there (never on the request path) by [`crate::wire`],
+//! which writes exactly what this type's `Serialize` writes. Schema version
+//! [`SCHEMA_VERSION`]; fields are documented in the README. Ids are ULID-shaped
+//! and unique across a fleet: see [`IdGenerator`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::enrich::classify::Class;
 use crate::enrich::geo::{Asn, Geo};
 use crate::enrich::ua::Client;
-use crate::token::Kind;
+use crate::token::{Claims, Kind};
 
 pub const SCHEMA_VERSION: u8 = 1;
 
@@ -66,7 +65,127 @@ pub struct Event {
     /// field is left out when false.
     #[serde(skip_serializing_if = "is_false")]
     pub rate_limited: bool,
+    /// Set on an unsubscribe recorded although tracking was refused, to say why
+    /// (`opted_out`, `suppressed`, `do_not_track`, `self_open`): such an event keeps
+    /// its ids and time only. Left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_tracked: Option<&'static str>,
+    /// On a `reclassify` event only: the earlier events whose class is now `class`
+    /// (for `class_reason`). Left out otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<EventId>,
     pub node: Arc<str>,
+}
+
+impl Event {
+    /// The event of `claims` answered at `ts`, with nothing about the client yet
+    /// (the request path adds what the privacy policy allows).
+    pub fn of_claims(
+        claims: Claims,
+        id: EventId,
+        ts: u64,
+        class_reason: Arc<str>,
+        node: Arc<str>,
+    ) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            id,
+            ts,
+            kind: EventKind::Tracked(claims.kind),
+            tenant: claims.tenant,
+            campaign: claims.campaign,
+            message: claims.message,
+            recipient: claims.recipient,
+            link: claims.link,
+            target: claims.target,
+            ip: None,
+            geo: None,
+            asn: None,
+            ua: None,
+            client: None,
+            class: Class::HUMAN,
+            class_reason,
+            first: false,
+            dnt: false,
+            gpc: false,
+            head: false,
+            self_open: false,
+            rate_limited: false,
+            not_tracked: None,
+            ids: Vec::new(),
+            node,
+        }
+    }
+
+    /// The record that tells the upstream that events it may already have were a
+    /// machine's: `ids` now carry `class` for `reason`.
+    pub fn reclassify(
+        id: EventId,
+        ts: u64,
+        of: &Event,
+        ids: Vec<EventId>,
+        class: Class,
+        reason: Arc<str>,
+    ) -> Event {
+        let mut event = Event::of_claims(
+            Claims::new(
+                Kind::Click,
+                of.tenant.clone(),
+                of.campaign.clone(),
+                of.message.clone(),
+            ),
+            id,
+            ts,
+            reason,
+            of.node.clone(),
+        );
+        event.kind = EventKind::Reclassify;
+        event.class = class;
+        event.ids = ids;
+        event
+    }
+
+    /// The record that tells the upstream a recipient's data was erased here (not a
+    /// hit: the class fields only keep the schema uniform).
+    pub fn erasure(id: EventId, ts: u64, tenant: &str, recipient: &str, node: Arc<str>) -> Event {
+        let mut event = Event::of_claims(
+            Claims {
+                recipient: Some(recipient.to_owned()),
+                ..Claims::new(Kind::Open, tenant, "", "")
+            },
+            id,
+            ts,
+            Arc::from("erasure_record"),
+            node,
+        );
+        event.kind = EventKind::Erasure;
+        event
+    }
+
+    /// A small first open of message `m{n}` for tests and benches.
+    #[doc(hidden)]
+    pub fn sample(n: u128, ts: u64) -> Event {
+        let claims = Claims {
+            kind: Kind::Open,
+            tenant: "t".into(),
+            campaign: "c".into(),
+            message: format!("m{n}"),
+            recipient: None,
+            link: 0,
+            target: None,
+            expires_at: None,
+            sent_at: None,
+        };
+        let mut event = Event::of_claims(
+            claims,
+            EventId(n),
+            ts,
+            Arc::from("no_signal"),
+            Arc::from("n"),
+        );
+        event.first = true;
+        event
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -79,6 +198,8 @@ pub enum EventKind {
     Tracked(Kind),
     /// All of a recipient's data was erased here; the receiver should erase its own.
     Erasure,
+    /// Earlier events (`ids`) were a machine's: the receiver should relabel them.
+    Reclassify,
 }
 
 impl EventKind {
@@ -86,6 +207,7 @@ impl EventKind {
         match self {
             EventKind::Tracked(kind) => kind.as_str(),
             EventKind::Erasure => "erasure",
+            EventKind::Reclassify => "reclassify",
         }
     }
 }
@@ -103,6 +225,11 @@ pub struct EventId(pub u128);
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 impl EventId {
+    /// The unix milliseconds the id was made at (its leading 48 bits).
+    pub fn timestamp_ms(self) -> u64 {
+        (self.0 >> LOW_BITS) as u64
+    }
+
     /// The 26 characters of the id's text.
     pub fn to_bytes(&self) -> [u8; 26] {
         let mut out = [0u8; 26];
@@ -126,28 +253,47 @@ impl Serialize for EventId {
     }
 }
 
-/// Hands out [`EventId`]s for one process.
+/// Bits of an id below the millisecond time.
+const LOW_BITS: u32 = 80;
+const LOW_MASK: u128 = (1 << LOW_BITS) - 1;
+
+/// Hands out [`EventId`]s for one process: 48 bits of unix milliseconds, then 80 bits
+/// that are `offset + sequence` modulo 2^80, where `offset` is drawn when the process
+/// starts (rand's thread-local CSPRNG, seeded by the operating system) and `sequence` counts the
+/// ids this process handed out.
+///
+/// Within a process the low 80 bits never repeat (2^80 ids would take 38 million
+/// years at a billion a second), so ids are unique whatever the clock does. Two
+/// processes can only produce the same low bits when their ranges
+/// `[offset, offset + count)` overlap, which for random offsets has probability at
+/// most `(count_a + count_b) / 2^80`; summed over every pair of `P` process starts
+/// that handed out `N` ids in all, a collision anywhere in the fleet has probability
+/// at most `(P - 1) * N / 2^80` (README, "The event"), before even asking that the
+/// two ids fall in the same millisecond. The counter is one atomic add: no lock on
+/// the request path.
 #[derive(Debug)]
 pub struct IdGenerator {
-    boot_nonce: u16,
+    offset: u128,
     sequence: AtomicU64,
 }
 
 impl IdGenerator {
     pub fn new() -> IdGenerator {
+        IdGenerator::with_offset(rand::random::<u128>())
+    }
+
+    /// A generator whose low bits start at `offset` (tests pick it to reach the wrap).
+    pub fn with_offset(offset: u128) -> IdGenerator {
         IdGenerator {
-            boot_nonce: rand::random(),
+            offset: offset & LOW_MASK,
             sequence: AtomicU64::new(0),
         }
     }
 
     pub fn next(&self, ts_ms: u64) -> EventId {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        EventId(
-            (u128::from(ts_ms & 0xffff_ffff_ffff) << 80)
-                | (u128::from(self.boot_nonce) << 64)
-                | u128::from(sequence),
-        )
+        let low = self.offset.wrapping_add(u128::from(sequence)) & LOW_MASK;
+        EventId((u128::from(ts_ms & 0xffff_ffff_ffff) << LOW_BITS) | low)
     }
 }
 
@@ -170,7 +316,7 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_then_sequence_and_never_repeat() {
-        let ids = IdGenerator::new();
+        let ids = IdGenerator::with_offset(7);
         let a = ids.next(1_000);
         let b = ids.next(1_000);
         let c = ids.next(999_999);
@@ -180,6 +326,39 @@ mod tests {
         for _ in 0..10_000 {
             assert!(seen.insert(ids.next(5)));
         }
+    }
+
+    #[test]
+    fn ids_keep_the_time_in_front_and_wrap_the_low_bits_without_touching_it() {
+        let ids = IdGenerator::with_offset(LOW_MASK - 1);
+        let last = ids.next(42);
+        let wrapped = ids.next(42);
+        assert_eq!(last.0 >> LOW_BITS, 42);
+        assert_eq!(
+            wrapped.0 >> LOW_BITS,
+            42,
+            "the wrap never carries into the time"
+        );
+        assert_eq!(last.0 & LOW_MASK, LOW_MASK - 1);
+        assert_eq!(wrapped.0 & LOW_MASK, LOW_MASK);
+        assert_eq!(ids.next(42).0 & LOW_MASK, 0);
+        let later = ids.next(43);
+        assert!(
+            later > last && later > wrapped,
+            "a later millisecond sorts after"
+        );
+        assert_eq!(later.to_string().len(), 26);
+    }
+
+    #[test]
+    fn two_processes_draw_different_offsets() {
+        // 80 random bits each: equal offsets would be a 2^-80 event, or a broken RNG.
+        let (a, b) = (IdGenerator::new(), IdGenerator::new());
+        assert_ne!(a.offset, b.offset);
+        assert!(a.offset <= LOW_MASK && b.offset <= LOW_MASK);
+        let (x, y) = (a.next(5), b.next(5));
+        assert_ne!(x, y);
+        assert_eq!(x.0 >> LOW_BITS, 5);
     }
 
     #[test]
@@ -218,6 +397,8 @@ mod tests {
             head: false,
             self_open: false,
             rate_limited: false,
+            not_tracked: None,
+            ids: Vec::new(),
             node: "edge-1".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

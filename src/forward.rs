@@ -3,9 +3,9 @@
 //!
 //! A batch is read when a full one waits or the oldest waiting event has waited
 //! `forward.linger_ms` (at once while draining). Up to `max_in_flight` batches are
-//! out at once, each in its own lane that retries
-//! with capped exponential backoff and full jitter until the batch is delivered or
-//! rejected; a shared [`Circuit`] pauses every lane while the upstream keeps failing.
+//! out at once, each in its own lane that retries with capped exponential backoff
+//! and full jitter until the batch is delivered or rejected; a shared [`Circuit`]
+//! pauses every lane while the upstream keeps failing.
 //! Rejected batches go to the dead-letter tree, counted, never silently dropped.
 //! Delivery is at least once: a crash or a stop between the send and the delete sends
 //! the batch again after the restart, so receivers de-duplicate on the event `id`.
@@ -18,6 +18,7 @@ mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
 pub mod retry;
+pub mod signing;
 
 use std::future::Future;
 use std::io::Write;
@@ -34,12 +35,12 @@ use crate::config::{ForwardConfig, SinkConfig};
 use crate::event::now_ms;
 use crate::health::{Health, Heartbeat};
 use crate::metrics as m;
-use crate::record;
 use crate::shutdown::{self, Signal, Trigger};
-use crate::spool::Spool;
+use crate::spool::{Lease, Spool};
 use crate::store::Seq;
+pub use retry::Failure;
 pub use retry::Outcome;
-use retry::{backoff, Circuit, Permit, FAILURE_REASONS};
+use retry::{backoff, Circuit, Permit};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -50,15 +51,22 @@ pub trait Sink: Send + Sync + 'static {
         false
     }
 
+    /// Whether batches must go out one at a time, in spool order (retries too), so
+    /// the upstream sees each key's events in the order they were answered.
+    fn keeps_order(&self) -> bool {
+        false
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome>;
+
+    /// Every failure this sink's outcomes can carry: the failure metric's labels.
+    fn failure_reasons(&self) -> &'static [Failure];
 }
 
 /// One batch of spooled records, encoded for the sinks.
 pub struct Batch {
     /// Stable across retries of this batch: `<node>-<first seq>-<last seq>`.
     pub id: String,
-    /// The spool segments it holds, removed together on acknowledgement.
-    pub seqs: Vec<Seq>,
     /// Event times (unix ms), for the forward latency metric.
     pub event_ts: Vec<u64>,
     /// One JSON event per line.
@@ -96,7 +104,7 @@ pub struct ForwardStatus {
     enabled: bool,
     in_flight: AtomicUsize,
     circuit: Mutex<Circuit>,
-    last_error: Mutex<Option<&'static str>>,
+    last_error: Mutex<Option<Failure>>,
 }
 
 impl ForwardStatus {
@@ -120,8 +128,26 @@ impl ForwardStatus {
             state,
             in_flight_batches: in_flight,
             consecutive_failures: failures,
-            last_error: *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(Failure::as_str),
         }
+    }
+}
+
+/// Builds the configured sink as [`Forwarder::start`] would (reading its files, such
+/// as a CA bundle), without sending anything; the file sink's output is only opened
+/// when serving.
+pub fn check_sink(config: &ForwardConfig) -> Result<(), ForwardError> {
+    match &config.sink {
+        SinkConfig::None | SinkConfig::File(_) => Ok(()),
+        SinkConfig::Http(http) => http::HttpSink::new(http).map(drop).map_err(Into::into),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(kafka) => kafka::KafkaSink::new(kafka).map(drop).map_err(Into::into),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => Err(ForwardError::KafkaNotBuilt),
     }
 }
 
@@ -159,13 +185,17 @@ impl Forwarder {
             circuit: Mutex::new(Circuit::new(config.circuit_failures, config.circuit_open)),
             last_error: Mutex::new(None),
         });
-        for reason in FAILURE_REASONS {
-            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).absolute(0);
-        }
         // With no sink nothing runs, so nothing registers for readiness.
         let Some(sink) = sink else {
             return Ok(Forwarder { status, task: None });
         };
+        for reason in sink
+            .failure_reasons()
+            .iter()
+            .chain(&[Failure::CorruptRecord])
+        {
+            reason.counter().absolute(0);
+        }
         let heartbeat = health.register("forwarder", deadline);
         let (finish, finishing) = shutdown::channel();
         let pipeline = Arc::new(Pipeline {
@@ -218,11 +248,6 @@ struct Pipeline {
     latency: Histogram,
 }
 
-/// Spool segments read at once when building a batch: enough for a full batch
-/// (`forward.max_batch_events`, 1000 by default) of the small segments the store
-/// keeps inline (about 10 events each, see `store::MAX_INLINE_VALUE_BYTES`).
-const SEGMENTS_PER_READ: usize = 256;
-
 /// How often the loop looks at the spool without a wake-up (also its heartbeat).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -237,6 +262,11 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     let mut cursor: Seq = 0;
     let mut lanes = JoinSet::new();
     let mut draining = false;
+    let max_lanes = if pipeline.sink.keeps_order() {
+        1
+    } else {
+        pipeline.config.max_in_flight.get()
+    };
     // Events in batches that lanes hold; the rest of what the spool counts waits.
     let mut in_flight_events: u64 = 0;
     let mut waiting_since: Option<Instant> = None;
@@ -245,7 +275,7 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     let in_flight_gauge = metrics::gauge!(m::FORWARD_IN_FLIGHT_BATCHES);
     loop {
         heartbeat.beat();
-        while lanes.len() < pipeline.config.max_in_flight.get() {
+        while lanes.len() < max_lanes {
             let waiting = pipeline.spool.records().saturating_sub(in_flight_events);
             if waiting == 0 && !draining {
                 waiting_since = None;
@@ -256,14 +286,14 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
                 break;
             }
             waiting_since = None;
-            match next_batch(&pipeline, cursor).await {
-                Some(batch) => {
-                    cursor = batch.seqs.last().map_or(cursor, |last| last + 1);
-                    let events = batch.event_ts.len() as u64;
+            match next_lease(&pipeline, cursor).await {
+                Some((lease, next)) => {
+                    cursor = next;
+                    let events = lease.events();
                     in_flight_events += events;
                     let pipeline = pipeline.clone();
                     lanes.spawn(async move {
-                        pipeline.deliver(batch).await;
+                        pipeline.deliver(lease).await;
                         events
                     });
                 }
@@ -289,17 +319,32 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
             }
             () = pipeline.spool.appended() => {}
             () = tokio::time::sleep(wake.min(IDLE_TICK)) => {}
-            () = finishing.recv(), if !draining => draining = true,
+            () = finishing.recv(), if !draining => {
+                draining = true;
+                pipeline.spool.stop_holding_back();
+            }
         }
     }
 }
 
-/// Reads and encodes the next batch at or after `from`; `None` when there is none.
-async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
-    let reader = pipeline.clone();
-    let read = tokio::task::spawn_blocking(move || reader.read_batch(from)).await;
+/// Leases the next batch at or after `from`, and where the read after it starts.
+async fn next_lease(pipeline: &Arc<Pipeline>, from: Seq) -> Option<(Lease, Seq)> {
+    let spool = pipeline.spool.clone();
+    let (max_events, max_bytes) = (
+        pipeline.config.max_batch_events.get(),
+        pipeline.config.max_batch_bytes,
+    );
+    let read = tokio::task::spawn_blocking(move || spool.lease(from, max_events, max_bytes)).await;
     match read {
-        Ok(Ok(batch)) => batch,
+        Ok(Ok(leased)) => {
+            if leased.corrupt_segments > 0 {
+                pipeline.dead_lettered.increment(leased.corrupt_events);
+                Failure::CorruptRecord
+                    .counter()
+                    .increment(leased.corrupt_segments);
+            }
+            leased.lease.map(|lease| (lease, leased.next))
+        }
         Ok(Err(err)) => {
             tracing::error!(error = %err, "cannot read the spool; forwarding paused");
             None
@@ -308,65 +353,54 @@ async fn next_batch(pipeline: &Arc<Pipeline>, from: Seq) -> Option<Batch> {
     }
 }
 
+/// Runs blocking spool work on a lease; `None` if the task itself failed (the lease
+/// is then released, and its segments are sent again after the next start).
+async fn on_lease<T: Send + 'static>(
+    lease: Lease,
+    work: impl FnOnce(&mut Lease) -> T + Send + 'static,
+) -> Option<(Lease, T)> {
+    tokio::task::spawn_blocking(move || {
+        let mut lease = lease;
+        let out = work(&mut lease);
+        (lease, out)
+    })
+    .await
+    .ok()
+}
+
 impl Pipeline {
-    /// Reads whole spool segments from `from` on until the batch holds
-    /// `max_batch_events` events or `max_batch_bytes` (always at least one segment).
-    fn read_batch(&self, from: Seq) -> Result<Option<Batch>, crate::store::StoreError> {
-        let segments =
-            self.spool
-                .store
-                .read_from(from, SEGMENTS_PER_READ, self.config.max_batch_bytes)?;
-        let Some(&(first, _)) = segments.first() else {
-            return Ok(None);
-        };
-        let mut seqs = Vec::new();
-        let mut event_ts = Vec::new();
-        let mut corrupt = Vec::new();
+    /// Encodes what the lease holds: one JSON event per line.
+    fn encode(&self, lease: &Lease) -> Batch {
+        let seqs = lease.seqs();
+        let id = format!(
+            "{}-{}-{}",
+            self.node,
+            seqs.first().copied().unwrap_or_default(),
+            seqs.last().copied().unwrap_or_default()
+        );
         let mut ndjson = Vec::new();
-        let mut last = first;
-        for (seq, bytes) in &segments {
-            if !seqs.is_empty() && event_ts.len() >= self.config.max_batch_events.get() {
-                break;
-            }
-            last = *seq;
-            match record::decode(bytes).and_then(|segment| segment.records()) {
-                Ok(records) => {
-                    for record in records {
-                        ndjson.extend_from_slice(record.json);
-                        ndjson.push(b'\n');
-                        event_ts.push(record.ts_ms);
-                    }
-                    seqs.push(*seq);
-                }
-                Err(err) => {
-                    tracing::error!(seq, error = %err, "unreadable spool segment moved to dead letters");
-                    corrupt.push(*seq);
-                }
-            }
+        let mut event_ts = Vec::with_capacity(lease.events() as usize);
+        for record in lease.records() {
+            ndjson.extend_from_slice(record.json);
+            ndjson.push(b'\n');
+            event_ts.push(record.ts_ms);
         }
-        if !corrupt.is_empty() {
-            let moved = self.spool.store.move_to_dead_letters(&corrupt)?;
-            let events = self.spool.note_dead_lettered(&moved);
-            self.dead_lettered.increment(events);
-            metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => "corrupt_record")
-                .increment(moved.len() as u64);
-        }
-        if seqs.is_empty() {
-            // Only unreadable segments here: look further on.
-            return self.read_batch(last + 1);
-        }
-        let id = format!("{}-{}-{}", self.node, seqs[0], last);
         let gzip = self.sink.wants_gzip().then(|| gzip(&ndjson));
-        Ok(Some(Batch {
+        Batch {
             id,
-            seqs,
             event_ts,
             ndjson: Bytes::from(ndjson),
             gzip,
-        }))
+        }
     }
 
-    async fn deliver(self: Arc<Self>, batch: Batch) {
+    /// Sends one leased batch until it is delivered or refused. Every attempt holds
+    /// the spool's send guard from its last look at the lease to the spool's update,
+    /// so an erasure either finds the batch sent and acknowledged, or rewrites it
+    /// before the attempt reads it.
+    async fn deliver(self: Arc<Self>, lease: Lease) {
+        let mut batch = self.encode(&lease);
+        let mut lease = lease;
         let mut attempt = 0u32;
         loop {
             let permit = self
@@ -379,20 +413,44 @@ impl Pipeline {
                 tokio::time::sleep(wait).await;
                 continue;
             }
+            let sending = self.spool.sending().await;
+            if lease.is_stale() {
+                let refreshed = on_lease(lease, Lease::refresh).await;
+                let Some((refreshed, changed)) = refreshed else {
+                    self.permit_unused();
+                    return;
+                };
+                lease = refreshed;
+                match changed {
+                    Ok(true) => batch = self.encode(&lease),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot re-read a leased batch; it will be sent after the next start");
+                        self.permit_unused();
+                        return;
+                    }
+                }
+                if lease.is_empty() {
+                    // Erased or expired whole: nothing is left to send.
+                    self.permit_unused();
+                    return;
+                }
+            }
             match self.sink.send(&batch).await {
                 Outcome::Delivered => {
                     self.circuit_success();
-                    self.acknowledge(&batch).await;
+                    self.acknowledge(lease, &batch).await;
                     return;
                 }
                 Outcome::Rejected { reason } => {
                     // The upstream answered, so it is alive: the circuit closes.
                     self.circuit_success();
                     self.failed(reason);
-                    self.dead_letter(&batch).await;
+                    self.dead_letter(lease, &batch).await;
                     return;
                 }
                 Outcome::Retry { reason, after } => {
+                    drop(sending);
                     self.status
                         .circuit
                         .lock()
@@ -415,6 +473,15 @@ impl Pipeline {
         }
     }
 
+    /// The permit this lane holds was not used for a send.
+    fn permit_unused(&self) {
+        self.status
+            .circuit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unused();
+    }
+
     fn circuit_success(&self) {
         self.status
             .circuit
@@ -423,34 +490,24 @@ impl Pipeline {
             .on_success();
     }
 
-    fn failed(&self, reason: &'static str) {
-        metrics::counter!(m::FORWARD_FAILURES_TOTAL, "reason" => reason).increment(1);
+    fn failed(&self, reason: Failure) {
+        reason.counter().increment(1);
         *self
             .status
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        tracing::debug!(reason, "forward attempt failed");
+        tracing::debug!(reason = reason.as_str(), "forward attempt failed");
     }
 
-    async fn acknowledge(&self, batch: &Batch) {
+    async fn acknowledge(&self, lease: Lease, batch: &Batch) {
         let now = now_ms();
         for ts in &batch.event_ts {
             self.latency.record(now.saturating_sub(*ts) as f64 / 1000.0);
         }
         self.delivered_events.increment(batch.event_ts.len() as u64);
         self.delivered_batches.increment(1);
-        let spool = self.spool.clone();
-        let seqs = batch.seqs.clone();
-        match tokio::task::spawn_blocking(move || {
-            let removed = spool.store.remove(&seqs);
-            if let Ok(removed) = &removed {
-                spool.note_removed(removed);
-            }
-            removed
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || lease.acknowledge()).await {
             Ok(Ok(_)) => {}
             // The batch stays and will be sent again: at least once, never lost.
             Ok(Err(err)) => {
@@ -460,17 +517,8 @@ impl Pipeline {
         }
     }
 
-    async fn dead_letter(&self, batch: &Batch) {
-        let spool = self.spool.clone();
-        let seqs = batch.seqs.clone();
-        let moved = tokio::task::spawn_blocking(move || {
-            spool
-                .store
-                .move_to_dead_letters(&seqs)
-                .map(|moved| spool.note_dead_lettered(&moved))
-        })
-        .await;
-        match moved {
+    async fn dead_letter(&self, lease: Lease, batch: &Batch) {
+        match tokio::task::spawn_blocking(move || lease.dead_letter()).await {
             Ok(Ok(events)) => {
                 self.dead_lettered.increment(events);
                 tracing::warn!(batch = %batch.id, events, "upstream rejected a batch; moved to dead letters");

@@ -3,10 +3,22 @@
 //!
 //! Liveness (`/healthz`) is separate and only says the process answers; readiness
 //! (`/readyz`) tells a load balancer to move traffic away, e.g. from a stuck writer.
+//! The registry keeps the `trackedge_ready` gauge equal to the same verdict by
+//! itself ([`Health::publish`]), so a scrape sees it without anyone probing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system clock outside a runtime) so tests can pause and
+// advance time instead of sleeping.
+use tokio::time::Instant;
+
+use crate::metrics as m;
+use crate::shutdown::Signal;
+
+/// How often [`Health::publish`] re-evaluates readiness for the gauge.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Stage {
@@ -87,9 +99,30 @@ impl Health {
 
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        metrics::gauge!(m::READY).set(0.0);
     }
 
+    /// Keeps `trackedge_ready` equal to [`Health::check`] until `shutdown` fires.
+    pub async fn publish(self: Arc<Self>, mut shutdown: Signal) {
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = self.check();
+                }
+                () = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// The verdict, also published as the `trackedge_ready` gauge.
     pub fn check(&self) -> Result<(), NotReady> {
+        let verdict = self.verdict();
+        metrics::gauge!(m::READY).set(if verdict.is_ok() { 1.0 } else { 0.0 });
+        verdict
+    }
+
+    fn verdict(&self) -> Result<(), NotReady> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(NotReady::Draining);
         }
@@ -117,12 +150,12 @@ impl Health {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stage_that_stops_beating_makes_the_edge_unready() {
+    #[tokio::test(start_paused = true)]
+    async fn a_stage_that_stops_beating_makes_the_edge_unready() {
         let health = Health::new();
         let beat = health.register("writer", Duration::from_millis(200));
         assert_eq!(health.check(), Ok(()));
-        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(300)).await;
         assert_eq!(health.check(), Err(NotReady::Late(vec!["writer"])));
         beat.beat();
         assert_eq!(health.check(), Ok(()));

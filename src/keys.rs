@@ -5,12 +5,10 @@
 //! lock; a reload swaps a whole new ring or, when the new file is broken, keeps the old
 //! one, logs the error and counts it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rand::RngCore;
 
 use crate::metrics as m;
 use crate::reload::{FileStamp, LastSeen, Reloadable};
@@ -22,25 +20,25 @@ const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("config key `tokens.key_file`: cannot read key file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create key file {path}: {source}")]
+    #[error("config key `tokens.key_file`: cannot create key file {path}: {source}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} line {line}: {message}")]
+    #[error("config key `tokens.key_file`: key file {path} line {line}: {message}")]
     Line {
         path: PathBuf,
         line: usize,
         message: String,
     },
-    #[error("key file {path} has no keys")]
+    #[error("config key `tokens.key_file`: key file {path} has no keys")]
     Empty { path: PathBuf },
-    #[error("key file {path} is larger than 1 MiB")]
+    #[error("config key `tokens.key_file`: key file {path} is larger than 1 MiB")]
     TooLarge { path: PathBuf },
 }
 
@@ -107,37 +105,22 @@ fn read_bounded(path: &Path) -> Result<String, KeyFileError> {
 }
 
 fn create(path: &Path) -> Result<(), KeyFileError> {
-    let create_err = |source| KeyFileError::Create {
+    let created = crate::secret_file::create(path, |hex| {
+        format!(
+            "# trackedge signing keys: `id:secret` per line; the first signs, all verify.\n\
+             # Generated on first start. Keep it secret and back it up: URLs already sent\n\
+             # stop working when their key is gone.\n1:{hex}\n"
+        )
+    })
+    .map_err(|source| KeyFileError::Create {
         path: path.to_owned(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(create_err)?;
+    })?;
+    // Otherwise another process (`sign` racing `serve`) created it first: use theirs.
+    if created {
+        tracing::warn!(path = %path.display(), "no key file configured: generated a new signing key");
     }
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            let text = format!(
-                "# trackedge signing keys: `id:secret` per line; the first signs, all verify.\n\
-                 # Generated on first start. Keep it secret and back it up: URLs already sent\n\
-                 # stop working when their key is gone.\n1:{hex}\n"
-            );
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(create_err)?;
-            tracing::warn!(path = %path.display(), "no key file configured: generated a new signing key");
-            Ok(())
-        }
-        // Another process (`sign` racing `serve`) created it first: use theirs.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(create_err(err)),
-    }
+    Ok(())
 }
 
 /// The ring in force plus what is needed to reload it.
@@ -190,16 +173,23 @@ impl Keys {
     }
 
     fn publish_ids(&self, old: Option<&KeyRing>) {
+        let ring = self.current.load();
         if let Some(old) = old {
-            for id in old.ids() {
+            // Ids still in the new ring are set back to 1 below; only set what
+            // changed to 0, so a scrape in between never sees a key flap.
+            for id in old.ids().filter(|id| !ring.ids().any(|new| new == *id)) {
                 metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(0.0);
             }
+            let id = old.signing_key().id();
+            if id != ring.signing_key().id() {
+                metrics::gauge!(m::TOKEN_SIGNING_KEY_INFO, "key_id" => id.to_string()).set(0.0);
+            }
         }
-        let ring = self.current.load();
         for id in ring.ids() {
             metrics::gauge!(m::TOKEN_KEYS_ACTIVE, "key_id" => id.to_string()).set(1.0);
         }
-        metrics::gauge!(m::TOKEN_SIGNING_KEY_ID).set(f64::from(ring.signing_key().id()));
+        let id = ring.signing_key().id().to_string();
+        metrics::gauge!(m::TOKEN_SIGNING_KEY_INFO, "key_id" => id).set(1.0);
     }
 }
 

@@ -11,20 +11,37 @@
 //!   record; [`event`]: the record; [`wire`]: its JSON line.
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
-//! - [`metrics`]: names and handles; [`health`]: readiness.
+//! - [`metrics`]: names and handles; [`health`]: readiness; [`secret_file`]: the
+//!   secrets the edge generates for itself.
 //!
 //! # The life of a hit
-//! A request for `/c/{token}` is accepted by [`server`] (TCP or rustls), parsed by
-//! hyper and handed to [`route::handle`], which matches the route, verifies the token
-//! against the [`keys`] in force ([`token::verify`]), asks [`enrich`] who is behind
-//! it (client address, device, place, human or machine, first or repeat), applies
-//! [`privacy`] to the request's facts, checks the client network's recording budget
-//! ([`ratelimit`]), builds an [`event::Event`] and queues it with
-//! [`spool::EventSender::send`] (never waiting), then answers a 302 to the signed
-//! target from static parts. The writer thread in [`spool`] commits the event to the
-//! sled log in a group commit; [`forward`] reads it back in order, sends it upstream
-//! in a batch and deletes it once the sink acknowledged. Nothing on the request path
-//! touches disk or network.
+//! This is the one written order of the stages; other docs point here.
+//!
+//! 1. **accept** ([`server`]): TCP -> connection caps ([`slots`]) -> idle limit
+//!    ([`idle`]) -> rustls ([`tls`]) -> hyper (HTTP/1.1, HTTP/2).
+//! 2. **route** ([`route::handle`]): URI length and `Host` checks, then the path
+//!    picks the route.
+//! 3. **token** ([`token::verify`] against the [`keys`] in force): a bad token still
+//!    gets its route's answer (the pixel, the fallback page), and nothing is recorded.
+//! 4. **privacy decision** ([`privacy`]): opt-out cookie, suppression, DNT/GPC,
+//!    self-opens: may this hit be recorded? (An unsubscribe always is, with only its
+//!    ids when tracking is refused.)
+//! 5. **client address** ([`enrich`]): the address behind trusted proxies, and its
+//!    network (ASN).
+//! 6. **recording limit** ([`ratelimit`]): the client network's budget marks or
+//!    drops the event; it runs before the rest so a dropped event leaves no mark.
+//! 7. **describe** ([`enrich`]): user agent, place, human-or-machine verdict,
+//!    first-or-repeat.
+//! 8. **event** ([`event::Event`]): the claims and what privacy lets be kept of the
+//!    address and user agent; queued with [`spool::EventSender::send`], which never
+//!    waits.
+//! 9. **respond**: the answer (a GIF, a 302 to the signed target, a page) from
+//!    static parts.
+//!
+//! Stages 4 to 8 are `route::record`. Then, off the request path: the writer thread
+//! in [`spool`] commits the event to the sled log in a group commit; [`forward`]
+//! leases it, sends it upstream in a batch and deletes it once the sink
+//! acknowledged. Nothing on the request path touches disk or network.
 //!
 //! # Minting URLs
 //! Senders embed [`mint_url`] (or run `trackedge sign`):
@@ -58,6 +75,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod hit;
 pub mod idle;
 pub mod keys;
 pub mod metrics;
@@ -66,6 +84,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod reload;
 pub mod route;
+pub mod secret_file;
 pub mod server;
 pub mod shutdown;
 pub mod slots;

@@ -1,11 +1,13 @@
-//! The `trackedge` command: `serve`, `check-config`, `sign`.
+//! The `trackedge` command: `serve`, `check-config`, `sign`, and the operator's
+//! `completions` and `man`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use trackedge::config::{Config, LogFormat, Overrides};
@@ -31,6 +33,14 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Print a signed tracking URL.
     Sign(Box<SignArgs>),
+    /// Print shell completions, e.g. `trackedge completions bash > /usr/share/bash-completion/completions/trackedge`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), or with --dir write one page per command there.
+    Man {
+        /// Write trackedge.1 and trackedge-<command>.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -62,7 +72,7 @@ impl ConfigArgs {
 
 #[derive(Args)]
 struct SignArgs {
-    /// open | click | download | unsubscribe
+    /// open | click | download | unsubscribe | sender | trap (a link no person clicks)
     kind: String,
     #[arg(long)]
     tenant: String,
@@ -92,29 +102,83 @@ struct SignArgs {
     config: ConfigArgs,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Once, in words: no backtrace (RUST_BACKTRACE is for panics) and no
+            // Debug dump of the error chain.
+            eprintln!("Error: {}", describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line; a cause whose text the message above it
+/// already quotes is not repeated.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args.load()?),
         Command::CheckConfig(args) => {
             let config = args.load()?;
-            // Loads the GeoIP databases and the rules file exactly as `serve` would.
-            trackedge::enrich::Enricher::new(&config, trackedge::event::now_ms())?;
+            let checked = server::check(&config)?;
+            let on_off = |on: bool| if on { "on" } else { "off" };
             println!(
-                "config ok: public {} admin {} data_dir {} tls certificates {} geoip {}",
+                "config ok: public {} admin {} data_dir {} key file {} tls certificates {} geoip {} asn {}",
                 config.public.addr,
                 config.admin.addr,
                 config.data_dir.display(),
-                config.public.tls.len(),
-                if config.geoip.city_db.is_some() {
-                    "on"
-                } else {
-                    "off"
-                }
+                if checked.key_file_exists { "loaded" } else { "generated on first start" },
+                checked.tls_certificates,
+                on_off(checked.city_db),
+                if checked.asn_db { "loaded" } else { "off" },
             );
             Ok(())
         }
         Command::Sign(args) => sign(*args),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "trackedge", &mut script);
+            print_all(&script)
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_all(&page)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is no error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(err).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -170,7 +234,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let Some(kind) = Kind::parse(&args.kind) else {
         bail!(
-            "unknown kind {:?}: expected open, click, download or unsubscribe",
+            "unknown kind {:?}: expected open, click, download, unsubscribe, sender or trap",
             args.kind
         );
     };

@@ -1,18 +1,15 @@
-//! Metric names (the API operators build dashboards on), their descriptions, the
-//! Prometheus recorder, and pre-registered handles for the request path.
+//! Metric names (the API operators build dashboards on), their descriptions and the
+//! Prometheus recorder. Each stage registers its own handles (the request path's in
+//! `route`), looked up once at start, so counting is an atomic add rather than a
+//! registry lookup.
 //!
 //! Names follow `trackedge_<area>_<noun>_<unit>[_total]`; labels are bounded enums
 //! (route, status class, reason, kind), never a path, token, user agent or address.
-//! The request path uses [`RequestMetrics`], whose handles are looked up once at
-//! start, so counting a request is an atomic add rather than a registry lookup.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::route::{HttpError, RouteName};
-use crate::token::{Kind, TokenError};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "trackedge_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "trackedge_http_request_duration_seconds";
@@ -22,16 +19,19 @@ pub const HTTP_CONNECTIONS_ACTIVE: &str = "trackedge_http_connections_active";
 pub const HTTP_CONNECTION_ERRORS_TOTAL: &str = "trackedge_http_connection_errors_total";
 pub const TOKEN_FAILURES_TOTAL: &str = "trackedge_token_failures_total";
 pub const TOKEN_KEYS_ACTIVE: &str = "trackedge_token_keys_active";
-pub const TOKEN_SIGNING_KEY_ID: &str = "trackedge_token_signing_key_id";
+pub const TOKEN_SIGNING_KEY_INFO: &str = "trackedge_token_signing_key_info";
 pub const TOKEN_KEY_RELOADS_TOTAL: &str = "trackedge_token_key_reloads_total";
 pub const EVENTS_EMITTED_TOTAL: &str = "trackedge_events_emitted_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "trackedge_events_dropped_total";
 pub const EVENTS_WRITTEN_TOTAL: &str = "trackedge_events_written_total";
 pub const SPOOL_EVENTS: &str = "trackedge_spool_events";
+pub const SPOOL_STORE_SET_ASIDE_TOTAL: &str = "trackedge_spool_store_set_aside_total";
 pub const SPOOL_BYTES: &str = "trackedge_spool_bytes";
 pub const SPOOL_DISK_BYTES: &str = "trackedge_spool_disk_bytes";
 pub const SPOOL_OLDEST_AGE_SECONDS: &str = "trackedge_spool_oldest_age_seconds";
 pub const SPOOL_DEAD_LETTERS: &str = "trackedge_spool_dead_letters";
+pub const SPOOL_MAX_BYTES: &str = "trackedge_spool_max_bytes";
+pub const SPOOL_MAX_AGE_SECONDS: &str = "trackedge_spool_max_age_seconds";
 pub const SPOOL_BATCHES_WRITTEN_TOTAL: &str = "trackedge_spool_batches_written_total";
 pub const SPOOL_FLUSH_DURATION_SECONDS: &str = "trackedge_spool_flush_duration_seconds";
 pub const FORWARD_EVENTS_TOTAL: &str = "trackedge_forward_events_total";
@@ -41,6 +41,9 @@ pub const FORWARD_FAILURES_TOTAL: &str = "trackedge_forward_failures_total";
 pub const FORWARD_DEAD_LETTERS_TOTAL: &str = "trackedge_forward_dead_letters_total";
 pub const FORWARD_LATENCY_SECONDS: &str = "trackedge_forward_latency_seconds";
 pub const FORWARD_IN_FLIGHT_BATCHES: &str = "trackedge_forward_in_flight_batches";
+pub const FORWARD_SIGNING_RELOADS_TOTAL: &str = "trackedge_forward_signing_reloads_total";
+pub const CLASSIFY_RELABELLED_EVENTS_TOTAL: &str = "trackedge_classify_relabelled_events_total";
+pub const FORWARD_SINK_STATE_CHANGES_TOTAL: &str = "trackedge_forward_sink_state_changes_total";
 pub const EVENTS_WRITE_ERRORS_TOTAL: &str = "trackedge_events_write_errors_total";
 pub const EVENTS_QUEUE_DEPTH: &str = "trackedge_events_queue_depth";
 pub const PRIVACY_NOT_RECORDED_TOTAL: &str = "trackedge_privacy_not_recorded_total";
@@ -64,6 +67,17 @@ pub const TLS_RELOADS_TOTAL: &str = "trackedge_tls_reloads_total";
 pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
 pub const READY: &str = "trackedge_ready";
 pub const BUILD_INFO: &str = "trackedge_build_info";
+// The process metrics every Prometheus client exports, under their usual names (no
+// `trackedge_` prefix) so stock dashboards and alerts find them; filled by
+// `metrics-process` from /proc at each scrape.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY_MAX_BYTES: &str = "process_virtual_memory_max_bytes";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+pub const PROCESS_THREADS: &str = "process_threads";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -116,9 +130,9 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         "1 for every key id that verifies tokens now, 0 for ids removed by a reload.",
     ),
     (
-        TOKEN_SIGNING_KEY_ID,
+        TOKEN_SIGNING_KEY_INFO,
         MetricKind::Gauge,
-        "The key id that signs new tokens.",
+        "1 for the key id that signs new tokens; 0 for an id that signed before a key reload.",
     ),
     (
         TOKEN_KEY_RELOADS_TOTAL,
@@ -149,6 +163,126 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         EVENTS_QUEUE_DEPTH,
         MetricKind::Gauge,
         "Events waiting between the request path and the writer.",
+    ),
+    (
+        SPOOL_EVENTS,
+        MetricKind::Gauge,
+        "Events held in the spool (not yet acknowledged by the sink), dead letters excluded.",
+    ),
+    (
+        SPOOL_BYTES,
+        MetricKind::Gauge,
+        "Bytes of the records held in the spool, the figure spool.max_bytes bounds.",
+    ),
+    (
+        SPOOL_DISK_BYTES,
+        MetricKind::Gauge,
+        "Bytes of the spool's files on disk.",
+    ),
+    (
+        SPOOL_OLDEST_AGE_SECONDS,
+        MetricKind::Gauge,
+        "Age of the oldest event held in the spool; 0 when it is empty.",
+    ),
+    (
+        SPOOL_DEAD_LETTERS,
+        MetricKind::Gauge,
+        "Events held in the dead-letter tree (refused for good by the sink, or unreadable).",
+    ),
+    (
+        SPOOL_MAX_BYTES,
+        MetricKind::Gauge,
+        "spool.max_bytes: past it full_policy drops events.",
+    ),
+    (
+        SPOOL_MAX_AGE_SECONDS,
+        MetricKind::Gauge,
+        "retention.max_age_secs: events and dead letters older than this are deleted.",
+    ),
+    (
+        SPOOL_BATCHES_WRITTEN_TOTAL,
+        MetricKind::Counter,
+        "Group commits written to the spool by the writer thread.",
+    ),
+    (
+        SPOOL_FLUSH_DURATION_SECONDS,
+        MetricKind::Histogram,
+        "Time the spool's fsync took.",
+    ),
+    (
+        FORWARD_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Events acknowledged by the sink and removed from the spool.",
+    ),
+    (
+        FORWARD_BATCHES_TOTAL,
+        MetricKind::Counter,
+        "Batches acknowledged by the sink.",
+    ),
+    (
+        FORWARD_RETRIES_TOTAL,
+        MetricKind::Counter,
+        "Batch sends that will be tried again after a backoff.",
+    ),
+    (
+        FORWARD_FAILURES_TOTAL,
+        MetricKind::Counter,
+        "Failed batch sends, by reason (the HTTP status class, connect, timeout, io, corrupt_record, kafka_*).",
+    ),
+    (
+        FORWARD_DEAD_LETTERS_TOTAL,
+        MetricKind::Counter,
+        "Events moved to the dead-letter tree: refused for good by the sink, or unreadable.",
+    ),
+    (
+        FORWARD_LATENCY_SECONDS,
+        MetricKind::Histogram,
+        "Time from an event being answered to the sink acknowledging it.",
+    ),
+    (
+        FORWARD_IN_FLIGHT_BATCHES,
+        MetricKind::Gauge,
+        "Batches sent and not yet acknowledged or refused.",
+    ),
+    (
+        FORWARD_SIGNING_RELOADS_TOTAL,
+        MetricKind::Counter,
+        "Reloads of the http sink's batch signing secrets, by result (ok, error: the previous secrets stay).",
+    ),
+    (
+        FORWARD_SINK_STATE_CHANGES_TOTAL,
+        MetricKind::Counter,
+        "State changes of the Kafka sink (ok, unreachable, error, producer_lost: the producer was rebuilt), each also logged once.",
+    ),
+    (
+        CLASSIFY_RELABELLED_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Earlier events a click burst or a trap hit showed to be a machine's, by outcome (relabelled: in the spool before they left; reclassify: named in a reclassify event because they may have left).",
+    ),
+    (
+        SPOOL_STORE_SET_ASIDE_TOTAL,
+        MetricKind::Counter,
+        "Damaged spool stores moved aside at start (an empty one replaces each; its events are not forwarded).",
+    ),
+    (
+        PRIVACY_NOT_RECORDED_TOTAL,
+        MetricKind::Counter,
+        "Verified hits answered but not recorded, by reason (opted_out, suppressed, do_not_track, self_open).",
+    ),
+    (
+        PRIVACY_SUPPRESSED_RECIPIENTS,
+        MetricKind::Gauge,
+        "Recipients on the suppression list.",
+    ),
+    (
+        PRIVACY_ERASED_EVENTS_TOTAL,
+        MetricKind::Counter,
+        "Events removed from the spool and dead letters by erasure calls.",
+    ),
+    (
+        PRIVACY_ADMIN_CALLS_TOTAL,
+        MetricKind::Counter,
+        "Privacy calls on the admin API, by action (suppress, unsuppress, erase, export).",
     ),
     (
         ENRICH_CLIENT_IP_TOTAL,
@@ -230,6 +364,46 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         MetricKind::Gauge,
         "Always 1; the version label names the build.",
     ),
+    (
+        PROCESS_CPU_SECONDS_TOTAL,
+        MetricKind::Counter,
+        "User and system CPU time the process used, in whole seconds.",
+    ),
+    (
+        PROCESS_OPEN_FDS,
+        MetricKind::Gauge,
+        "File descriptors the process holds open.",
+    ),
+    (
+        PROCESS_MAX_FDS,
+        MetricKind::Gauge,
+        "The process's soft limit on open file descriptors (0: unlimited).",
+    ),
+    (
+        PROCESS_VIRTUAL_MEMORY_BYTES,
+        MetricKind::Gauge,
+        "Virtual memory size of the process.",
+    ),
+    (
+        PROCESS_VIRTUAL_MEMORY_MAX_BYTES,
+        MetricKind::Gauge,
+        "The process's soft limit on virtual memory (0: unlimited).",
+    ),
+    (
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        MetricKind::Gauge,
+        "Resident memory (RSS) of the process.",
+    ),
+    (
+        PROCESS_START_TIME_SECONDS,
+        MetricKind::Gauge,
+        "Start time of the process, unix seconds.",
+    ),
+    (
+        PROCESS_THREADS,
+        MetricKind::Gauge,
+        "Operating-system threads of the process.",
+    ),
 ];
 
 const FLUSH_BUCKETS: &[f64] = &[
@@ -285,6 +459,14 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     Ok(handle)
 }
 
+/// The `/metrics` text: the process metrics read from /proc now, then every series.
+pub fn render(handle: &PrometheusHandle) -> String {
+    static PROCESS: LazyLock<metrics_process::Collector> =
+        LazyLock::new(metrics_process::Collector::default);
+    PROCESS.collect();
+    handle.render()
+}
+
 /// Keeps histogram memory bounded between scrapes.
 pub async fn upkeep(handle: PrometheusHandle, mut shutdown: crate::shutdown::Signal) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -296,110 +478,6 @@ pub async fn upkeep(handle: PrometheusHandle, mut shutdown: crate::shutdown::Sig
     }
 }
 
-/// HTTP status classes used as the `status` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusClass {
-    Success,
-    Redirect,
-    ClientError,
-    ServerError,
-}
-
-impl StatusClass {
-    const ALL: [StatusClass; 4] = [
-        StatusClass::Success,
-        StatusClass::Redirect,
-        StatusClass::ClientError,
-        StatusClass::ServerError,
-    ];
-
-    pub fn of(status: http::StatusCode) -> StatusClass {
-        match status.as_u16() {
-            300..=399 => StatusClass::Redirect,
-            400..=499 => StatusClass::ClientError,
-            500.. => StatusClass::ServerError,
-            _ => StatusClass::Success,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusClass::Success => "2xx",
-            StatusClass::Redirect => "3xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-struct RouteMetrics {
-    by_status: [Counter; 4],
-    duration: Histogram,
-    token_failures: [Counter; TokenError::ALL.len()],
-}
-
-/// Handles for everything the request path counts, registered once.
-pub struct RequestMetrics {
-    routes: Vec<RouteMetrics>,
-    emitted: [Counter; Kind::ALL.len()],
-    refused: [Counter; HttpError::ALL.len()],
-}
-
-impl RequestMetrics {
-    /// Registers (and so exports at zero) every series the request path can touch.
-    pub fn register() -> RequestMetrics {
-        let routes = RouteName::ALL
-            .iter()
-            .map(|route| RouteMetrics {
-                by_status: StatusClass::ALL.map(|class| {
-                    metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.as_str(), "status" => class.as_str())
-                }),
-                duration: metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.as_str()),
-                token_failures: TokenError::ALL.map(|reason| {
-                    metrics::counter!(TOKEN_FAILURES_TOTAL, "route" => route.as_str(), "reason" => reason.as_str())
-                }),
-            })
-            .collect();
-        RequestMetrics {
-            routes,
-            emitted: Kind::ALL
-                .map(|kind| metrics::counter!(EVENTS_EMITTED_TOTAL, "kind" => kind.as_str())),
-            refused: HttpError::ALL
-                .map(|error| metrics::counter!(HTTP_ERRORS_TOTAL, "reason" => error.as_str())),
-        }
-    }
-
-    pub fn refused(&self, error: HttpError) {
-        self.refused[error.index()].increment(1);
-    }
-
-    pub fn answered(&self, route: RouteName, status: http::StatusCode, elapsed: Duration) {
-        let route = &self.routes[route.index()];
-        route.by_status[StatusClass::of(status).index()].increment(1);
-        route.duration.record(elapsed.as_secs_f64());
-    }
-
-    pub fn token_failed(&self, route: RouteName, reason: TokenError) {
-        let index = TokenError::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.routes[route.index()].token_failures[index].increment(1);
-    }
-
-    pub fn emitted(&self, kind: Kind) {
-        let index = Kind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .expect("ALL lists every kind");
-        self.emitted[index].increment(1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +486,10 @@ mod tests {
     fn names_follow_the_convention_and_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for &(name, kind, help) in ALL {
-            assert!(name.starts_with("trackedge_"), "{name}");
+            assert!(
+                name.starts_with("trackedge_") || name.starts_with("process_"),
+                "{name}"
+            );
             assert!(seen.insert(name), "{name} twice");
             assert!(!help.is_empty());
             assert_eq!(
@@ -417,23 +498,5 @@ mod tests {
                 "{name}: counters and only counters end in _total"
             );
         }
-    }
-
-    #[test]
-    fn http_error_indexes_match_their_list() {
-        for (index, error) in HttpError::ALL.iter().enumerate() {
-            assert_eq!(error.index(), index);
-        }
-    }
-
-    #[test]
-    fn status_classes() {
-        assert_eq!(StatusClass::of(http::StatusCode::OK).as_str(), "2xx");
-        assert_eq!(StatusClass::of(http::StatusCode::FOUND).as_str(), "3xx");
-        assert_eq!(StatusClass::of(http::StatusCode::NOT_FOUND).as_str(), "4xx");
-        assert_eq!(
-            StatusClass::of(http::StatusCode::SERVICE_UNAVAILABLE).as_str(),
-            "5xx"
-        );
     }
 }

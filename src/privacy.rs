@@ -7,7 +7,7 @@
 //! the recipient. The full client address is used in memory only (GeoIP); what leaves
 //! this module is truncated, hashed, full or nothing, as `privacy.ip_mode` says.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +19,7 @@ use metrics::Counter;
 use sha2::Sha256;
 
 use crate::config::{IpMode, PrivacyConfig, SignalPolicy, UaMode};
+use crate::enrich::cidr::truncate_ip;
 use crate::metrics as m;
 use crate::suppression::Suppressions;
 use crate::token::{Claims, Kind};
@@ -42,6 +43,11 @@ impl SkipReason {
         SkipReason::DoNotTrack,
         SkipReason::SelfOpen,
     ];
+
+    /// The position in [`SkipReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -101,7 +107,9 @@ impl Privacy {
         &self.config
     }
 
-    /// Decides whether a verified hit is recorded, and with which marks.
+    /// Decides whether a verified hit is recorded, and with which marks. A refusal
+    /// is counted, except for an unsubscribe, which is recorded anyway (with only
+    /// its ids).
     pub fn decide(
         &self,
         claims: &Claims,
@@ -110,11 +118,9 @@ impl Privacy {
     ) -> Result<Marks, SkipReason> {
         let result = self.decide_uncounted(claims, headers, now_secs);
         if let Err(reason) = result {
-            let index = SkipReason::ALL
-                .iter()
-                .position(|r| *r == reason)
-                .expect("ALL lists every reason");
-            self.skipped[index].increment(1);
+            if claims.kind != Kind::Unsubscribe {
+                self.skipped[reason.index()].increment(1);
+            }
         }
         result
     }
@@ -171,7 +177,7 @@ impl Privacy {
 
     /// The client address as it may be stored.
     pub fn ip(&self, ip: IpAddr, now_secs: u64) -> Option<String> {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         match self.config.ip_mode {
             IpMode::Truncate {
                 ipv4_prefix,
@@ -254,32 +260,13 @@ fn hash_key(path: &Path) -> Result<Hmac<Sha256>, PrivacyError> {
         source,
     };
     if !path.exists() {
-        let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => std::io::Write::write_all(&mut file, hex.as_bytes()).map_err(io)?,
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(io(err)),
-        }
+        crate::secret_file::create(path, str::to_owned).map_err(io)?;
     }
     let secret = std::fs::read_to_string(path).map_err(io)?;
     Ok(
         Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes())
             .expect("HMAC takes any key length"),
     )
-}
-
-/// IPv4-mapped IPv6 addresses are IPv4 addresses.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// `ip` as text, as its `Display` writes it, in one allocation of the right size:
@@ -312,31 +299,21 @@ fn address_text(ip: IpAddr) -> String {
     }
 }
 
-/// Keeps only the network part of `ip`.
-pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(ipv4_prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
 
     #[test]
+    fn skip_reasons_index_their_place_in_all() {
+        for (at, reason) in SkipReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), at);
+        }
+    }
+
+    #[test]
     fn address_text_is_what_display_writes() {
+        use std::net::Ipv4Addr;
         for text in [
             "0.0.0.0",
             "1.2.3.4",

@@ -25,44 +25,10 @@ use std::net::IpAddr;
 
 use metrics::Counter;
 
-use crate::enrich::cidr::CidrSet;
+use crate::config::{Action, RateLimitSettings};
+use crate::enrich::cidr::truncate_ip;
 use crate::enrich::twogen::TwoGen;
 use crate::metrics as m;
-use crate::privacy::truncate_ip;
-
-/// What to do with an event over the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Record it with `"rate_limited": true` (nothing is lost; downstream decides).
-    Mark,
-    /// Do not record it (bounds what a flood can put into the spool).
-    Drop,
-}
-
-impl Action {
-    pub fn parse(name: &str) -> Option<Action> {
-        match name {
-            "mark" => Some(Action::Mark),
-            "drop" => Some(Action::Drop),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RateLimitSettings {
-    pub enabled: bool,
-    pub events_per_sec: f64,
-    pub burst: f64,
-    pub ipv4_prefix: u8,
-    pub ipv6_prefix: u8,
-    pub action: Action,
-    pub max_prefixes: usize,
-    /// Networks never limited (the Apple MPP networks when `exempt_apple_mpp`).
-    pub exempt: CidrSet,
-    /// Autonomous systems never limited (sorted for binary search).
-    pub exempt_asns: Vec<u32>,
-}
 
 /// The limiter's answer for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +139,7 @@ impl RecordLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::cidr::CidrSet;
 
     fn settings(action: Action) -> RateLimitSettings {
         RateLimitSettings {

@@ -192,6 +192,66 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// What is left of a segment after [`filter`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filtered {
+    /// Every record was kept.
+    Unchanged,
+    /// No record was kept: the segment should go.
+    Emptied { removed: u64 },
+    /// Some were kept: the new segment, and how many records left.
+    Rewritten { bytes: Vec<u8>, removed: u64 },
+}
+
+/// Asks `keep` about every record of a segment; an unreadable segment is an error
+/// (the caller decides whether it is left alone or moved aside).
+pub fn filter(
+    bytes: &[u8],
+    mut keep: impl FnMut(&RecordRef<'_>) -> bool,
+) -> Result<Filtered, RecordError> {
+    let records = decode(bytes)?.records()?;
+    let kept: Vec<RecordRef<'_>> = records.iter().copied().filter(|r| keep(r)).collect();
+    let removed = (records.len() - kept.len()) as u64;
+    if removed == 0 {
+        return Ok(Filtered::Unchanged);
+    }
+    if kept.is_empty() {
+        return Ok(Filtered::Emptied { removed });
+    }
+    let mut writer = SegmentWriter::new();
+    for record in kept {
+        writer.push_raw(record);
+    }
+    Ok(Filtered::Rewritten {
+        bytes: writer.finish(),
+        removed,
+    })
+}
+
+/// The segment with some records replaced: `replace` returns a record's new JSON,
+/// or `None` to keep it. `Ok(None)` when nothing was replaced.
+pub fn rewrite(
+    bytes: &[u8],
+    mut replace: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, RecordError> {
+    let records = decode(bytes)?.records()?;
+    let mut writer = SegmentWriter::new();
+    let mut changed = false;
+    for record in records {
+        match replace(record.json) {
+            Some(json) => {
+                changed = true;
+                writer.push_raw(RecordRef {
+                    ts_ms: record.ts_ms,
+                    json: &json,
+                });
+            }
+            None => writer.push_raw(record),
+        }
+    }
+    Ok(changed.then(|| writer.finish()))
+}
+
 /// Events in a stored segment (0 if unreadable: it is counted as it is removed).
 pub fn count_of(bytes: &[u8]) -> u64 {
     decode(bytes).map_or(0, |segment| u64::from(segment.count))
@@ -200,36 +260,9 @@ pub fn count_of(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventId, SCHEMA_VERSION};
-    use crate::token::Kind;
 
     fn event(n: u128, ts: u64) -> Event {
-        Event {
-            v: SCHEMA_VERSION,
-            id: EventId(n),
-            ts,
-            kind: crate::event::EventKind::Tracked(Kind::Open),
-            tenant: "t".into(),
-            campaign: "c".into(),
-            message: format!("m{n}"),
-            recipient: None,
-            link: 0,
-            target: None,
-            ip: None,
-            geo: None,
-            asn: None,
-            ua: None,
-            client: None,
-            class: crate::enrich::classify::Class::HUMAN,
-            class_reason: "no_signal".into(),
-            first: true,
-            dnt: false,
-            gpc: false,
-            head: false,
-            self_open: false,
-            rate_limited: false,
-            node: "n".into(),
-        }
+        Event::sample(n, ts)
     }
 
     #[test]
@@ -309,5 +342,36 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn filter_keeps_rewrites_or_empties_a_segment() {
+        let mut writer = SegmentWriter::new();
+        for (n, ts) in [(1, 100), (2, 200), (3, 300)] {
+            writer.push(&event(n, ts)).unwrap();
+        }
+        let bytes = writer.finish();
+        assert_eq!(filter(&bytes, |_| true).unwrap(), Filtered::Unchanged);
+        assert_eq!(
+            filter(&bytes, |_| false).unwrap(),
+            Filtered::Emptied { removed: 3 }
+        );
+        let Filtered::Rewritten {
+            bytes: rest,
+            removed,
+        } = filter(&bytes, |r| r.ts_ms >= 200).unwrap()
+        else {
+            panic!("two of three records stay");
+        };
+        assert_eq!(removed, 1);
+        let segment = decode(&rest).unwrap();
+        assert_eq!(
+            (segment.count, segment.oldest_ts, segment.newest_ts),
+            (2, 200, 300)
+        );
+        assert!(
+            filter(&bytes[..10], |_| true).is_err(),
+            "unreadable segments are errors"
+        );
     }
 }

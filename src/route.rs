@@ -1,5 +1,5 @@
-//! The public request path: match the route, then run its stages in order —
-//! token -> privacy -> enrich -> respond -> hand the event to the spool.
+//! The public request path: match the route, then run its stages in the order
+//! written once in the crate docs ("The life of a hit", `src/lib.rs`).
 //!
 //! Input: a parsed request from `server` and the peer address. Output: a response
 //! built from static bytes (see [`response`]) and at most one [`Event`] handed to
@@ -9,25 +9,27 @@
 mod click;
 mod optout;
 mod pixel;
+mod request_metrics;
 pub mod response;
-pub mod unsubscribe;
+mod unsubscribe;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{ALLOW, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::config::Config;
 use crate::enrich::Enricher;
-use crate::event::{now_ms, Event, EventKind, IdGenerator, SCHEMA_VERSION};
+use crate::event::{now_ms, Event, IdGenerator};
+use crate::hit::Hit;
 use crate::keys::Keys;
-use crate::metrics::RequestMetrics;
-use crate::privacy::Privacy;
+use crate::privacy::{Privacy, SkipReason};
 use crate::ratelimit::{Decision, RecordLimiter};
-use crate::spool::EventSender;
+use crate::spool::{EventSender, Relabel};
 use crate::token::{self, Claims, Kind, TokenError};
+use request_metrics::RequestMetrics;
 use response::Body;
 
 /// Everything the request path shares, built once at start.
@@ -203,21 +205,6 @@ impl HttpError {
 }
 
 const GET_HEAD: &str = "GET, HEAD";
-const GET_HEAD_POST: &str = "GET, HEAD, POST";
-
-/// What one request tells beyond its token: the per-request context of the stages.
-pub struct Hit<'a> {
-    pub at_ms: u64,
-    pub peer: IpAddr,
-    pub headers: &'a HeaderMap,
-    pub head: bool,
-}
-
-impl Hit<'_> {
-    fn now_secs(&self) -> u64 {
-        self.at_ms / 1000
-    }
-}
 
 /// Answers one public request.
 pub async fn handle<B>(edge: &Edge, request: Request<B>, peer: IpAddr) -> Response<Body>
@@ -250,7 +237,7 @@ where
         RouteName::Download => click::answer(edge, &request, token, peer, Kind::Download),
         RouteName::Unsubscribe => {
             let token = token.to_owned();
-            unsubscribe_answer(edge, request, &token, peer).await
+            unsubscribe::answer(edge, request, &token, peer).await
         }
         RouteName::OptOut => optout::answer(edge, &request, token),
         RouteName::Sender => optout::sender(edge, &request, token),
@@ -296,9 +283,10 @@ fn match_path(path: &str) -> (RouteName, &str) {
     }
 }
 
-/// A token is one non-empty path segment; its content is the verifier's business.
+/// A token is one non-empty path segment, or two (a routing key, then the token);
+/// their content is the verifier's business.
 fn is_token_shaped(token: &str) -> bool {
-    !token.is_empty() && !token.contains('/')
+    token::routing_split(token).is_some()
 }
 
 fn require_get_or_head<B>(request: &Request<B>) -> Result<bool, HttpError> {
@@ -309,15 +297,28 @@ fn require_get_or_head<B>(request: &Request<B>) -> Result<bool, HttpError> {
     }
 }
 
+/// Verifies a token at `now_secs` against the keys in force; a failure is counted
+/// for `route`.
 fn verify(
     edge: &Edge,
     route: RouteName,
     token: &str,
     kind: Kind,
-    hit: &Hit,
+    now_secs: u64,
+) -> Result<Claims, TokenError> {
+    verify_any(edge, route, token, &[kind], now_secs)
+}
+
+/// [`verify`] on a path that serves several kinds.
+fn verify_any(
+    edge: &Edge,
+    route: RouteName,
+    token: &str,
+    kinds: &[Kind],
+    now_secs: u64,
 ) -> Result<Claims, TokenError> {
     let keys = edge.keys.ring();
-    token::verify(&keys, token, kind, hit.now_secs(), edge.max_token_bytes).inspect_err(|reason| {
+    token::verify_any(&keys, token, kinds, now_secs, edge.max_token_bytes).inspect_err(|reason| {
         edge.metrics.token_failed(route, *reason);
     })
 }
@@ -327,10 +328,17 @@ fn verify(
 /// facts as the privacy policy allows, and queued without waiting. The limit keys on
 /// the address the enrich stage resolved from trusted proxy headers, and runs before
 /// the rest so that a dropped event leaves no first-seen mark behind.
+///
+/// An unsubscribe is the recipient's own request and the sender's legal duty: it is
+/// always recorded. Where tracking is refused it is recorded without anything about
+/// the request ([`record_untracked`]); the recording limit only ever marks it.
 fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     let now_secs = hit.now_secs();
-    let Ok(marks) = edge.privacy.decide(&claims, hit.headers, now_secs) else {
-        return;
+    let unsubscribe = claims.kind == Kind::Unsubscribe;
+    let marks = match edge.privacy.decide(&claims, hit.headers, now_secs) {
+        Ok(marks) => marks,
+        Err(reason) if unsubscribe => return record_untracked(edge, claims, hit, reason),
+        Err(_) => return,
     };
     let kind = claims.kind;
     let client = edge.enrich.client_addr(hit);
@@ -341,102 +349,70 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
     ) {
         Decision::Record => false,
         Decision::Mark => true,
+        Decision::Drop if unsubscribe => true,
         Decision::Drop => return,
     };
-    let enriched = edge.enrich.describe(hit, &claims, client);
-    let event = Event {
-        v: SCHEMA_VERSION,
-        id: edge.ids.next(hit.at_ms),
-        ts: hit.at_ms,
-        kind: EventKind::Tracked(kind),
-        tenant: claims.tenant,
-        campaign: claims.campaign,
-        message: claims.message,
-        recipient: claims.recipient,
-        link: claims.link,
-        target: claims.target,
-        ip: edge.privacy.ip(enriched.ip, now_secs),
-        geo: enriched.geo,
-        asn: enriched.asn,
-        ua: edge.privacy.ua(enriched.ua),
-        client: enriched.client,
-        class: enriched.verdict.class,
-        class_reason: enriched.verdict.reason,
-        first: enriched.first,
-        dnt: marks.dnt,
-        gpc: marks.gpc,
-        head: hit.head,
-        self_open: marks.self_open,
-        rate_limited,
-        node: edge.node.clone(),
-    };
+    let id = edge.ids.next(hit.at_ms);
+    let enriched = edge.enrich.describe(hit, &claims, client, id);
+    let mut event = Event::of_claims(
+        claims,
+        id,
+        hit.at_ms,
+        enriched.verdict.reason,
+        edge.node.clone(),
+    );
+    event.ip = edge.privacy.ip(enriched.ip, now_secs);
+    event.geo = enriched.geo;
+    event.asn = enriched.asn;
+    event.ua = edge.privacy.ua(enriched.ua);
+    event.client = enriched.client;
+    event.class = enriched.verdict.class;
+    event.first = enriched.first;
+    event.dnt = marks.dnt;
+    event.gpc = marks.gpc;
+    event.head = hit.head;
+    event.self_open = marks.self_open;
+    event.rate_limited = rate_limited;
+    // Rare (a burst's third click, a trap hit), so built only then.
+    let relabel = enriched.relabel.map(|relabel| Relabel {
+        reclassify: Event::reclassify(
+            edge.ids.next(hit.at_ms),
+            hit.at_ms,
+            &event,
+            Vec::new(),
+            relabel.verdict.class.clone(),
+            relabel.verdict.reason.clone(),
+        ),
+        ids: relabel.ids,
+        class: relabel.verdict.class,
+        reason: relabel.verdict.reason,
+    });
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);
     }
+    if let Some(relabel) = relabel {
+        if !edge.events.relabel(relabel) {
+            edge.metrics.relabel_lost();
+        }
+    }
 }
 
-async fn unsubscribe_answer<B>(
-    edge: &Edge,
-    request: Request<B>,
-    token: &str,
-    peer: IpAddr,
-) -> Result<Response<Body>, HttpError>
-where
-    B: hyper::body::Body<Data = bytes::Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let post = match *request.method() {
-        Method::GET | Method::HEAD => false,
-        Method::POST => true,
-        _ => return Err(HttpError::MethodNotAllowed(GET_HEAD_POST)),
-    };
-    let (parts, body) = request.into_parts();
-    let hit = Hit {
-        at_ms: now_ms(),
-        peer,
-        headers: &parts.headers,
-        head: parts.method == Method::HEAD,
-    };
-    let claims = match verify(edge, RouteName::Unsubscribe, token, Kind::Unsubscribe, &hit) {
-        Ok(claims) => claims,
-        Err(_) => {
-            return Ok(response::html(
-                StatusCode::NOT_FOUND,
-                response::LINK_NOT_FOUND_PAGE,
-            ))
-        }
-    };
-    if !post {
-        return Ok(response::html(
-            StatusCode::OK,
-            response::UNSUBSCRIBE_CONFIRM_PAGE,
-        ));
-    }
-    let body = read_body(body, edge.max_body_bytes, edge.body_timeout).await?;
-    let content_type = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if !unsubscribe::is_one_click(content_type, &body) {
-        return Err(HttpError::NotOneClick);
-    }
-    record(edge, claims, &hit);
-    Ok(response::html(StatusCode::OK, response::UNSUBSCRIBED_PAGE))
-}
-
-async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<bytes::Bytes, HttpError>
-where
-    B: hyper::body::Body<Data = bytes::Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(HttpError::BodyTooLarge)
-        }
-        Ok(Err(_)) | Err(_) => Err(HttpError::BodyUnreadable),
+/// An unsubscribe whose tracking was refused (`reason`): its ids, time and the
+/// reason, nothing about the client; its class is not assessed.
+fn record_untracked(edge: &Edge, claims: Claims, hit: &Hit, reason: SkipReason) {
+    let kind = claims.kind;
+    let id = edge.ids.next(hit.at_ms);
+    let mut event = Event::of_claims(
+        claims,
+        id,
+        hit.at_ms,
+        Arc::from("not_tracked"),
+        edge.node.clone(),
+    );
+    event.head = hit.head;
+    event.not_tracked = Some(reason.as_str());
+    if edge.events.send(event).is_ok() {
+        edge.metrics.emitted(kind);
     }
 }
 
@@ -454,12 +430,17 @@ mod tests {
         assert_eq!(match_path("/optout"), (RouteName::OptOut, "optout"));
         assert_eq!(match_path("/optin"), (RouteName::OptOut, "optin"));
         assert_eq!(match_path("/s/abc"), (RouteName::Sender, "abc"));
+        assert_eq!(match_path("/o/rk/abc.gif"), (RouteName::Pixel, "rk/abc"));
+        assert_eq!(match_path("/c/rk/abc"), (RouteName::Click, "rk/abc"));
         for path in [
             "/",
             "/o/abc",
             "/o/.gif",
             "/c/",
-            "/c/a/b",
+            "/c/a/b/c",
+            "/c//b",
+            "/c/a/",
+            "/o/rk/.gif",
             "/x",
             "/healthz/",
             "//c/abc",

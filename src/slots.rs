@@ -13,22 +13,15 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::privacy::truncate_ip;
+use crate::enrich::cidr::truncate_ip;
 
-/// Why a connection got no slot: the `reason` label it is counted under.
+/// Why a connection got no slot (counted by the server as a connection error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// `public.max_connections` are open.
     Global,
+    /// The peer holds `public.max_connections_per_peer`.
     Peer,
-}
-
-impl Refused {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refused::Global => "too_many_connections",
-            Refused::Peer => "too_many_connections_per_peer",
-        }
-    }
 }
 
 pub struct Slots {

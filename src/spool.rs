@@ -2,13 +2,12 @@
 //! the [`Store`] in group commits, and the forwarder takes them from there.
 //!
 //! Requests push [`Event`]s into a bounded channel with [`EventSender::send`], which
-//! never waits: a full channel drops the event and counts it. The writer thread (disk
-//! I/O never runs on the async workers) wakes every `batch_delay`, takes what has
-//! arrived in segments of up to `max_batch_events` events or `max_batch_bytes`
-//! (and at most [`crate::store::MAX_INLINE_VALUE_BYTES`], what the store keeps
-//! inline),
-//! encodes each ([`crate::record`]) and appends it under the next sequence number:
-//! one engine write per segment, and no wake-up per request.
+//! never waits: a full channel drops the event and counts it. The writer thread
+//! ([`writer`]; disk I/O never runs on the async workers) wakes every `batch_delay`,
+//! takes what has arrived in segments of up to `max_batch_events` events or
+//! `max_batch_bytes` (and at most [`crate::store::MAX_INLINE_VALUE_BYTES`], what the
+//! store keeps inline), encodes each ([`crate::record`]) and appends it under the
+//! next sequence number: one engine write per segment, and no wake-up per request.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -16,33 +15,46 @@
 //! channel if the writer had fallen behind); on a graceful stop [`Writer::finish`]
 //! drains the channel, commits and fsyncs, so nothing is lost.
 //!
-//! Bounds: past `max_bytes` of segments the full policy drops the oldest segments or
-//! refuses the newest events; segments (and dead letters) whose newest event is older
-//! than `max_age` (`retention.max_age_secs`) are dropped. Every drop is counted
-//! in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
+//! The spool owns its log: the store is private, and every change to it happens in one
+//! call here together with its count, so the counts always equal what is stored.
+//! Segments handed to the forwarder are *leased* ([`Lease`]): the size bound and the
+//! age bound never take a leased segment (the forwarder may be sending it, and an
+//! event counted as dropped must never arrive upstream); the lease drops expired
+//! records itself before every send, so nothing past its retention age leaves. An
+//! erasure ([`Spool::erase_where`]) waits until no send is under way, rewrites leased
+//! segments too and makes their leases re-read them, so an erased event never leaves
+//! after the erasure returned.
+//!
+//! Bounds: past `max_bytes` of segments the full policy drops the oldest (unleased)
+//! segments or refuses the newest events; records older than `max_age`
+//! (`retention.max_age_secs`) are dropped, dead letters included. Every drop is
+//! counted in `trackedge_events_dropped_total{reason}` and logged at most every 10 s.
 
+mod lease;
+mod relabel;
+mod sweep;
+mod writer;
+
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 
-use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::config::SpoolConfig;
 use crate::event::{now_ms, Event};
 use crate::health::Heartbeat;
 use crate::metrics as m;
-use crate::record::{self, SegmentWriter};
+use crate::record::{self, Filtered};
 use crate::store::{Bytes, Seq, Store, StoreError};
+use crate::suppression::Suppressions;
 
-/// The longest the writer sleeps between looks at the stop flag and the clock.
-const STOP_CHECK: Duration = Duration::from_millis(50);
-/// The shortest: below this a sleeping writer is a spinning writer.
-const MIN_PAUSE: Duration = Duration::from_millis(1);
-/// How often age bounds and gauges are refreshed.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
-/// Segments looked at per step when enforcing a bound.
-const EVICT_STEP: usize = 64;
+pub use lease::{Lease, Leased};
+pub use relabel::Relabel;
+pub use sweep::Erased;
+pub use writer::Writer;
 
 /// Why an event was not kept. `as_str` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +76,11 @@ impl DropReason {
         DropReason::RetentionDeadLetter,
         DropReason::WriteFailed,
     ];
+
+    /// The position in [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -95,7 +112,7 @@ pub enum SpoolError {
 /// What the spool holds, kept in memory so the request path, the forwarder and the
 /// admin API never scan the store to know it.
 #[derive(Debug, Default)]
-pub struct Counts {
+struct Counts {
     records: AtomicU64,
     bytes: AtomicU64,
     dead_letters: AtomicU64,
@@ -111,52 +128,39 @@ pub struct Snapshot {
     pub dead_letters: u64,
 }
 
-/// The shared spool: the store, its counts, and the wake-up for the forwarder.
+/// Held while an existing segment changes (everything but appends): the segments
+/// leased to in-flight batches.
+#[derive(Debug, Default)]
+struct Guarded {
+    leased: BTreeSet<Seq>,
+}
+
+/// The shared spool: the store, its counts, its leases and the wake-up for the
+/// forwarder.
 pub struct Spool {
-    pub store: Store,
+    store: Store,
     counts: Counts,
     appended: tokio::sync::Notify,
+    guarded: Mutex<Guarded>,
+    /// Bumped (under `guarded`) whenever an erasure rewrites a leased segment; a
+    /// lease that saw an older value re-reads its segments before sending.
+    epoch: AtomicU64,
+    /// Sends hold it shared, an erasure exclusively: no send is under way while a
+    /// subject is erased.
+    sends: tokio::sync::RwLock<()>,
+    max_age: Duration,
+    /// Segments younger than this are not leased yet (`classify.hold_back_ms`)...
+    hold_back: Duration,
+    /// ...until a graceful stop ends the holding: what is there goes out.
+    holding: AtomicBool,
+    dropped: [Counter; DropReason::ALL.len()],
+    drop_log: Mutex<RateLimitedLog>,
 }
 
 impl Spool {
     /// Resolves when new records were appended since the last call.
     pub async fn appended(&self) {
         self.appended.notified().await;
-    }
-
-    /// Segments that left the store (acknowledged, evicted, erased); returns the
-    /// number of events they held.
-    pub fn note_removed(&self, segments: &[Bytes]) -> u64 {
-        let (events, bytes) = totals(segments);
-        self.counts.records.fetch_sub(events, Ordering::Relaxed);
-        self.counts.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        events
-    }
-
-    /// Segments moved to the dead-letter tree; returns their events.
-    pub fn note_dead_lettered(&self, segments: &[Bytes]) -> u64 {
-        let events = self.note_removed(segments);
-        self.counts
-            .dead_letters
-            .fetch_add(events, Ordering::Relaxed);
-        events
-    }
-
-    /// A segment rewritten in place (erasure): `old` replaced by `new`.
-    pub fn note_rewritten(&self, old: &[u8], new: &[u8]) {
-        let removed = record::count_of(old).saturating_sub(record::count_of(new));
-        self.counts.records.fetch_sub(removed, Ordering::Relaxed);
-        self.counts.bytes.fetch_sub(
-            old.len().saturating_sub(new.len()) as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Dead-letter events removed (erasure, retention).
-    pub fn note_dead_letters_removed(&self, events: u64) {
-        self.counts
-            .dead_letters
-            .fetch_sub(events, Ordering::Relaxed);
     }
 
     pub fn records(&self) -> u64 {
@@ -179,6 +183,119 @@ impl Spool {
         }
     }
 
+    /// The suppression list, kept in the same store so it shares its durability.
+    pub fn suppressions(&self) -> Result<Suppressions, StoreError> {
+        Suppressions::load(self.store.clone())
+    }
+
+    /// Waits until no send is under way and holds off new ones while the guard lives.
+    pub async fn pause_sends(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.sends.write().await
+    }
+
+    /// A send holds this while it is under way (see [`Spool::pause_sends`]).
+    pub async fn sending(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.sends.read().await
+    }
+
+    /// Stops holding events back: on a graceful stop everything held is forwarded
+    /// (no later hit can relabel it any more).
+    pub fn stop_holding_back(&self) {
+        self.holding.store(false, Ordering::Relaxed);
+    }
+
+    /// Records older than this (unix ms) are past retention.
+    fn cutoff_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.max_age.as_millis() as u64)
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Guarded> {
+        self.guarded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a new segment (new sequence numbers need no guard).
+    fn append(&self, seq: Seq, bytes: Vec<u8>, events: u64) -> Result<(), StoreError> {
+        let size = bytes.len() as u64;
+        self.store.append(seq, bytes)?;
+        self.counts.records.fetch_add(events, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(size, Ordering::Relaxed);
+        self.appended.notify_one();
+        Ok(())
+    }
+
+    /// Applies a filtered segment under the guard: removes or replaces it and keeps
+    /// the counts. Returns what is stored under `seq` afterwards.
+    fn apply(
+        &self,
+        _guard: &MutexGuard<'_, Guarded>,
+        seq: Seq,
+        old: &Bytes,
+        filtered: Filtered,
+    ) -> Result<Option<Bytes>, StoreError> {
+        match filtered {
+            Filtered::Unchanged => Ok(Some(old.clone())),
+            Filtered::Emptied { .. } => {
+                self.removed(&self.store.remove(&[seq])?);
+                Ok(None)
+            }
+            Filtered::Rewritten { bytes, removed } => {
+                let new_len = bytes.len() as u64;
+                let stored = Bytes::from(bytes.as_slice());
+                if self.store.replace(seq, bytes)?.is_none() {
+                    // Gone meanwhile (callers hold the guard, so this is defensive).
+                    return Ok(None);
+                }
+                self.counts.records.fetch_sub(removed, Ordering::Relaxed);
+                self.counts.bytes.fetch_sub(
+                    (old.len() as u64).saturating_sub(new_len),
+                    Ordering::Relaxed,
+                );
+                Ok(Some(stored))
+            }
+        }
+    }
+
+    /// Segments that left the store; returns the events they held.
+    fn removed(&self, segments: &[Bytes]) -> u64 {
+        let (events, bytes) = totals(segments);
+        self.counts.records.fetch_sub(events, Ordering::Relaxed);
+        self.counts.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        events
+    }
+
+    /// Moves segments to the dead letters; returns the events moved.
+    fn move_to_dead_letters(
+        &self,
+        _guard: &MutexGuard<'_, Guarded>,
+        seqs: &[Seq],
+    ) -> Result<u64, StoreError> {
+        let moved = self.store.move_to_dead_letters(seqs)?;
+        let events = self.removed(&moved);
+        self.counts
+            .dead_letters
+            .fetch_add(events, Ordering::Relaxed);
+        Ok(events)
+    }
+
+    fn dropped(&self, reason: DropReason, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.dropped[reason.index()].increment(count);
+        let logged = self
+            .drop_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(count);
+        if let Some(total) = logged {
+            tracing::warn!(
+                reason = reason.as_str(),
+                dropped = total,
+                "spool bound reached: events dropped"
+            );
+        }
+    }
+
     fn publish_gauges(&self) {
         let snapshot = self.snapshot();
         metrics::gauge!(m::SPOOL_EVENTS).set(snapshot.events as f64);
@@ -189,9 +306,30 @@ impl Spool {
     }
 }
 
+/// What travels from the request path to the writer.
+// Events travel by value: boxing them to shrink the rare barrier would cost an
+// allocation per hit.
+#[allow(clippy::large_enum_variant)]
+enum Handoff {
+    Event(Event),
+    /// Answered once everything queued before it is committed.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+    /// Relabels events queued before it (boxed: rare, and large).
+    Relabel(Box<Relabel>),
+}
+
+/// Why [`EventSender::committed`] could not confirm the hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BarrierError {
+    #[error("the spool writer did not confirm the commit in time")]
+    Timeout,
+    #[error("the spool writer stopped without confirming the commit")]
+    WriterFailed,
+}
+
 /// The request path's end of the channel.
 pub struct EventSender {
-    channel: SyncSender<Event>,
+    channel: SyncSender<Handoff>,
     depth: Arc<AtomicUsize>,
     dropped_full: Counter,
     dropped_stopped: Counter,
@@ -202,7 +340,7 @@ impl EventSender {
     pub fn send(&self, event: Event) -> Result<(), DropReason> {
         // Counted before the send so the writer's decrement can never underflow.
         self.depth.fetch_add(1, Ordering::Relaxed);
-        let reason = match self.channel.try_send(event) {
+        let reason = match self.channel.try_send(Handoff::Event(event)) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.dropped_full.increment(1);
@@ -216,22 +354,38 @@ impl EventSender {
         self.depth.fetch_sub(1, Ordering::Relaxed);
         Err(reason)
     }
-}
 
-/// The writer thread; [`Writer::finish`] stops it after draining the channel.
-pub struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
+    /// Queues a relabel of earlier events without waiting; false if the channel is
+    /// full or the writer has stopped (the events keep their first label).
+    pub fn relabel(&self, relabel: Relabel) -> bool {
+        self.channel
+            .try_send(Handoff::Relabel(Box::new(relabel)))
+            .is_ok()
+    }
 
-impl Writer {
-    /// Drains what is queued into the store, fsyncs, then returns.
-    pub async fn finish(self) {
-        self.stop.store(true, Ordering::Release);
-        let thread = self.thread;
-        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("spool writer thread panicked; queued events may be lost");
+    /// Resolves once every event queued before the call is in the store (or the
+    /// writer has stopped, which commits everything first). An erasure calls it so
+    /// that events answered just before it cannot slip past the sweep.
+    pub async fn committed(&self, wait: Duration) -> Result<(), BarrierError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let (done, confirmed) = tokio::sync::oneshot::channel();
+        let mut barrier = Handoff::Barrier(done);
+        loop {
+            match self.channel.try_send(barrier) {
+                Ok(()) => break,
+                // The writer has finished: it drained the channel before it did.
+                Err(TrySendError::Disconnected(_)) => return Ok(()),
+                Err(TrySendError::Full(back)) if tokio::time::Instant::now() < deadline => {
+                    barrier = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Full(_)) => return Err(BarrierError::Timeout),
+            }
+        }
+        match tokio::time::timeout_at(deadline, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BarrierError::WriterFailed),
+            Err(_) => Err(BarrierError::Timeout),
         }
     }
 }
@@ -245,7 +399,7 @@ pub fn start(
         dir: config.dir.clone(),
         source,
     };
-    let store = Store::open(&config.dir, config.cache_bytes).map_err(open_err)?;
+    let store = Store::open_or_set_aside(&config.dir, config.cache_bytes).map_err(open_err)?;
     let held: Vec<Bytes> = store
         .iter()
         .map(|entry| entry.map(|(_, value)| value))
@@ -267,6 +421,7 @@ pub fn start(
             "spool holds events from an earlier run; they will be forwarded"
         );
     }
+    let dropped = DropReason::ALL.map(DropReason::counter);
     let spool = Arc::new(Spool {
         store,
         counts: Counts {
@@ -275,34 +430,29 @@ pub fn start(
             dead_letters: AtomicU64::new(dead_events),
         },
         appended: tokio::sync::Notify::new(),
+        guarded: Mutex::new(Guarded::default()),
+        epoch: AtomicU64::new(0),
+        sends: tokio::sync::RwLock::new(()),
+        max_age: config.max_age,
+        hold_back: config.hold_back,
+        holding: AtomicBool::new(!config.hold_back.is_zero()),
+        dropped: dropped.clone(),
+        drop_log: Mutex::new(RateLimitedLog::default()),
     });
+    // The bounds themselves, so alerts can say how close the spool is to them.
+    metrics::gauge!(m::SPOOL_MAX_BYTES).set(config.max_bytes as f64);
+    metrics::gauge!(m::SPOOL_MAX_AGE_SECONDS).set(config.max_age.as_secs_f64());
     let (channel, receiver) = sync_channel(config.channel_capacity.get());
     let depth = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let dropped = DropReason::ALL.map(DropReason::counter);
-    let task = WriterTask {
+    let writer = Writer::start(
         receiver,
-        spool: spool.clone(),
-        config: config.clone(),
-        depth: depth.clone(),
-        stop: stop.clone(),
+        spool.clone(),
+        config.clone(),
+        depth.clone(),
         heartbeat,
         next_seq,
-        unflushed_since: None,
-        last_housekeeping: Instant::now(),
-        written: metrics::counter!(m::EVENTS_WRITTEN_TOTAL),
-        batches: metrics::counter!(m::SPOOL_BATCHES_WRITTEN_TOTAL),
-        write_errors: metrics::counter!(m::EVENTS_WRITE_ERRORS_TOTAL),
-        flush_seconds: metrics::histogram!(m::SPOOL_FLUSH_DURATION_SECONDS),
-        dropped: dropped.clone(),
-        drop_log: RateLimitedLog::default(),
-    };
-    spool.publish_gauges();
-    metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
-    let thread = std::thread::Builder::new()
-        .name("spool-writer".into())
-        .spawn(move || task.run())
-        .map_err(SpoolError::Thread)?;
+    )
+    .map_err(SpoolError::Thread)?;
     let [dropped_full, dropped_stopped, ..] = dropped;
     let sender = EventSender {
         channel,
@@ -310,7 +460,7 @@ pub fn start(
         dropped_full,
         dropped_stopped,
     };
-    Ok((sender, Writer { stop, thread }, spool))
+    Ok((sender, writer, spool))
 }
 
 /// Events and bytes in stored segments.
@@ -321,287 +471,6 @@ fn totals(segments: &[Bytes]) -> (u64, u64) {
             bytes + segment.len() as u64,
         )
     })
-}
-
-struct WriterTask {
-    receiver: Receiver<Event>,
-    spool: Arc<Spool>,
-    config: SpoolConfig,
-    depth: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    heartbeat: Heartbeat,
-    next_seq: Seq,
-    unflushed_since: Option<Instant>,
-    last_housekeeping: Instant,
-    written: Counter,
-    batches: Counter,
-    write_errors: Counter,
-    flush_seconds: Histogram,
-    dropped: [Counter; DropReason::ALL.len()],
-    drop_log: RateLimitedLog,
-}
-
-impl WriterTask {
-    fn run(mut self) {
-        loop {
-            // Never block in `recv`: a blocked receiver makes every `try_send` on the
-            // request path wake this thread, a context switch per request. Sleeping
-            // and draining costs one wake-up per `batch_delay` instead.
-            let disconnected = self.drain();
-            self.heartbeat.beat();
-            self.flush_if_due();
-            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-                self.housekeeping();
-            }
-            if disconnected || self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            std::thread::sleep(self.pause());
-        }
-        // Whatever is still queued was answered: it goes to disk before we exit.
-        self.drain();
-        self.flush();
-        self.spool.publish_gauges();
-        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
-    }
-
-    /// Commits everything queued, in segments; true when every sender is gone.
-    fn drain(&mut self) -> bool {
-        loop {
-            let mut segment = SegmentWriter::new();
-            let disconnected = loop {
-                match self.receiver.try_recv() {
-                    Ok(event) => {
-                        self.depth.fetch_sub(1, Ordering::Relaxed);
-                        if let Err(err) = segment.push(&event) {
-                            self.failed(&err, 1);
-                            self.dropped(DropReason::WriteFailed, 1);
-                        }
-                        if segment.len() >= self.config.max_batch_events.get()
-                            || segment.bytes() >= self.max_segment_bytes()
-                        {
-                            break false;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
-                }
-            };
-            let full = segment.len() >= self.config.max_batch_events.get()
-                || segment.bytes() >= self.max_segment_bytes();
-            if !segment.is_empty() {
-                self.commit(segment);
-            }
-            if disconnected || !full {
-                // `batch` durability: one fsync for everything this wake-up took,
-                // however many segments it made.
-                if self.config.durability == Durability::EveryBatch {
-                    self.flush();
-                }
-                return disconnected;
-            }
-        }
-    }
-
-    /// A group commit is stored as segments no larger than the store keeps inline
-    /// ([`crate::store::MAX_INLINE_VALUE_BYTES`]; one event may overshoot it).
-    fn max_segment_bytes(&self) -> usize {
-        self.config
-            .max_batch_bytes
-            .min(crate::store::MAX_INLINE_VALUE_BYTES)
-    }
-
-    /// How long to sleep: one batch delay, or less when an fsync falls due sooner.
-    fn pause(&self) -> Duration {
-        let pause = self.config.batch_delay.clamp(MIN_PAUSE, STOP_CHECK);
-        match (self.unflushed_since, self.config.durability) {
-            (Some(since), Durability::Interval(every)) => every
-                .saturating_sub(since.elapsed())
-                .clamp(MIN_PAUSE, pause),
-            _ => pause,
-        }
-    }
-
-    fn commit(&mut self, mut segment: SegmentWriter) {
-        let held = self.spool.counts.bytes.load(Ordering::Relaxed);
-        let excess = (held + segment.bytes() as u64).saturating_sub(self.config.max_bytes);
-        if excess > 0 {
-            if self.config.full_policy == FullPolicy::DropOldest {
-                self.evict_oldest(excess);
-            }
-            // Refuses the newest under drop_newest, and under drop_oldest whatever
-            // still does not fit once nothing older is left.
-            let held = self.spool.counts.bytes.load(Ordering::Relaxed);
-            let room = self.config.max_bytes.saturating_sub(held) as usize;
-            let refused = segment.truncate_to(room);
-            self.dropped(DropReason::SpoolFull, refused as u64);
-        }
-        if segment.is_empty() {
-            return;
-        }
-        let events = segment.len() as u64;
-        let bytes = segment.finish();
-        let size = bytes.len() as u64;
-        let seq = self.next_seq;
-        match self.spool.store.append(seq, bytes) {
-            Ok(()) => {
-                self.next_seq += 1;
-                self.spool
-                    .counts
-                    .records
-                    .fetch_add(events, Ordering::Relaxed);
-                self.spool.counts.bytes.fetch_add(size, Ordering::Relaxed);
-                self.written.increment(events);
-                self.batches.increment(1);
-                self.unflushed_since.get_or_insert_with(Instant::now);
-                self.spool.appended.notify_one();
-            }
-            Err(err) => {
-                self.failed(&err, events);
-                self.dropped(DropReason::WriteFailed, events);
-            }
-        }
-    }
-
-    /// Removes the oldest segments until at least `bytes` are freed.
-    fn evict_oldest(&mut self, bytes: u64) {
-        let mut freed = 0;
-        while freed < bytes {
-            let oldest = match self.spool.store.read_from(0, EVICT_STEP, usize::MAX) {
-                Ok(oldest) if !oldest.is_empty() => oldest,
-                Ok(_) => return,
-                Err(err) => return self.failed(&err, 0),
-            };
-            let mut seqs = Vec::with_capacity(oldest.len());
-            for (seq, segment) in &oldest {
-                seqs.push(*seq);
-                freed += segment.len() as u64;
-                if freed >= bytes {
-                    break;
-                }
-            }
-            match self.spool.store.remove(&seqs) {
-                Ok(removed) => {
-                    let events = self.spool.note_removed(&removed);
-                    self.dropped(DropReason::SpoolFull, events);
-                }
-                Err(err) => return self.failed(&err, 0),
-            }
-        }
-    }
-
-    /// Drops segments whose newest event is older than `max_age`; refreshes gauges.
-    fn housekeeping(&mut self) {
-        self.last_housekeeping = Instant::now();
-        let cutoff = now_ms().saturating_sub(self.config.max_age.as_millis() as u64);
-        loop {
-            let oldest = match self.spool.store.read_from(0, EVICT_STEP, usize::MAX) {
-                Ok(oldest) => oldest,
-                Err(err) => {
-                    self.failed(&err, 0);
-                    break;
-                }
-            };
-            let expired: Vec<Seq> = oldest
-                .iter()
-                .take_while(|(_, bytes)| {
-                    record::decode(bytes).is_ok_and(|segment| segment.newest_ts < cutoff)
-                })
-                .map(|(seq, _)| *seq)
-                .collect();
-            if expired.is_empty() {
-                break;
-            }
-            match self.spool.store.remove(&expired) {
-                Ok(removed) => {
-                    let events = self.spool.note_removed(&removed);
-                    self.dropped(DropReason::Retention, events);
-                }
-                Err(err) => {
-                    self.failed(&err, 0);
-                    break;
-                }
-            }
-            if expired.len() < oldest.len() {
-                break;
-            }
-        }
-        self.expire_dead_letters(cutoff);
-        self.spool.publish_gauges();
-        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(self.depth.load(Ordering::Relaxed) as f64);
-    }
-
-    /// Dead letters fall under the same retention as everything else.
-    fn expire_dead_letters(&mut self, cutoff: u64) {
-        let expired: Result<Vec<Seq>, StoreError> = self
-            .spool
-            .store
-            .dead_letters()
-            .take(EVICT_STEP)
-            .take_while(|entry| {
-                entry.as_ref().map_or(true, |(_, bytes)| {
-                    record::decode(bytes).is_ok_and(|segment| segment.newest_ts < cutoff)
-                })
-            })
-            .map(|entry| entry.map(|(seq, _)| seq))
-            .collect();
-        let removed = expired.and_then(|seqs| self.spool.store.remove_dead_letters(&seqs));
-        match removed {
-            Ok(removed) => {
-                let events: u64 = removed.iter().map(|v| record::count_of(v)).sum();
-                self.spool.note_dead_letters_removed(events);
-                self.dropped(DropReason::RetentionDeadLetter, events);
-            }
-            Err(err) => self.failed(&err, 0),
-        }
-    }
-
-    fn flush_if_due(&mut self) {
-        if let (Some(since), Durability::Interval(every)) =
-            (self.unflushed_since, self.config.durability)
-        {
-            if since.elapsed() >= every {
-                self.flush();
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.unflushed_since.is_none() {
-            return;
-        }
-        let started = Instant::now();
-        match self.spool.store.flush() {
-            Ok(()) => {
-                self.flush_seconds.record(started.elapsed().as_secs_f64());
-                self.unflushed_since = None;
-            }
-            Err(err) => self.failed(&err, 0),
-        }
-    }
-
-    fn dropped(&mut self, reason: DropReason, count: u64) {
-        if count == 0 {
-            return;
-        }
-        let index = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.dropped[index].increment(count);
-        if let Some(total) = self.drop_log.add(count) {
-            tracing::warn!(
-                reason = reason.as_str(),
-                dropped = total,
-                "spool bound reached: events dropped"
-            );
-        }
-    }
-
-    fn failed(&mut self, err: &dyn std::fmt::Display, events: u64) {
-        self.write_errors.increment(1);
-        tracing::error!(error = %err, events, "spool write failed; events may be lost");
-    }
 }
 
 /// Logs at most once per interval, reporting how many happened in between.
@@ -625,196 +494,4 @@ impl RateLimitedLog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{EventId, SCHEMA_VERSION};
-    use crate::health::Health;
-    use crate::token::Kind;
-    use std::num::NonZeroUsize;
-    use std::path::Path;
-
-    fn event(n: u128, ts: u64) -> Event {
-        Event {
-            v: SCHEMA_VERSION,
-            id: EventId(n),
-            ts,
-            kind: crate::event::EventKind::Tracked(Kind::Open),
-            tenant: "t".into(),
-            campaign: "c".into(),
-            message: format!("m{n}"),
-            recipient: None,
-            link: 0,
-            target: None,
-            ip: None,
-            geo: None,
-            asn: None,
-            ua: None,
-            client: None,
-            class: crate::enrich::classify::Class::HUMAN,
-            class_reason: "no_signal".into(),
-            first: true,
-            dnt: false,
-            gpc: false,
-            head: false,
-            self_open: false,
-            rate_limited: false,
-            node: "n".into(),
-        }
-    }
-
-    fn config(dir: &Path) -> SpoolConfig {
-        SpoolConfig {
-            dir: dir.join("spool"),
-            channel_capacity: NonZeroUsize::new(10_000).unwrap(),
-            max_batch_events: NonZeroUsize::new(100).unwrap(),
-            max_batch_bytes: 1 << 20,
-            batch_delay: Duration::from_millis(1),
-            durability: Durability::Interval(Duration::from_millis(20)),
-            max_bytes: 1 << 30,
-            max_age: Duration::from_secs(3600),
-            full_policy: FullPolicy::DropOldest,
-            cache_bytes: 8 << 20,
-        }
-    }
-
-    /// Bytes of a segment of `n` test events (all the same size).
-    fn segment_size(n: u128) -> u64 {
-        let mut segment = SegmentWriter::new();
-        for i in 0..n {
-            segment.push(&event(10 + i, now_ms())).unwrap();
-        }
-        segment.finish().len() as u64
-    }
-
-    fn messages(spool: &Spool) -> Vec<String> {
-        let mut out = Vec::new();
-        for entry in spool.store.iter() {
-            let (_, bytes) = entry.unwrap();
-            for record in record::decode(&bytes).unwrap().records().unwrap() {
-                let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
-                out.push(json["message"].as_str().unwrap().to_owned());
-            }
-        }
-        out
-    }
-
-    async fn run(config: &SpoolConfig, events: impl IntoIterator<Item = Event>) -> Arc<Spool> {
-        let health = Health::new();
-        // A reopen may find sled still letting go of the directory lock: wait a bit.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let (sender, writer, spool) = loop {
-            match start(config, health.register("w", Duration::from_secs(5))) {
-                Ok(started) => break started,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(err) => panic!("cannot start the spool: {err}"),
-            }
-        };
-        for event in events {
-            sender.send(event).unwrap();
-        }
-        writer.finish().await;
-        assert_eq!(sender.send(event(0, 0)), Err(DropReason::WriterStopped));
-        spool
-    }
-
-    #[tokio::test]
-    async fn finish_commits_every_queued_event_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let now = now_ms();
-        let spool = run(&config, (0..1000).map(|n| event(n, now))).await;
-        assert_eq!(spool.records(), 1000);
-        let kept = messages(&spool);
-        assert_eq!(kept.len(), 1000);
-        assert_eq!(kept[0], "m0");
-        assert_eq!(kept[999], "m999");
-        let segments = spool.store.iter().count();
-        assert!(
-            segments < 200,
-            "group commits: {segments} segments for 1000 events"
-        );
-        drop(spool);
-        // Reopened, the counts are found again and the numbering continues.
-        let spool = run(&config, [event(5000, now)]).await;
-        assert_eq!(spool.records(), 1001);
-        assert_eq!(messages(&spool).last().unwrap(), "m5000");
-    }
-
-    #[tokio::test]
-    async fn drop_newest_refuses_what_does_not_fit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config(dir.path());
-        config.full_policy = FullPolicy::DropNewest;
-        config.max_bytes = segment_size(10) + 10;
-        let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
-        assert_eq!(spool.records(), 10);
-        assert_eq!(messages(&spool)[0], "m0", "the oldest are kept");
-    }
-
-    #[tokio::test]
-    async fn drop_oldest_keeps_the_newest_within_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config(dir.path());
-        config.max_batch_events = NonZeroUsize::new(1).unwrap();
-        config.max_bytes = segment_size(1) * 10 + 10;
-        let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
-        assert_eq!(spool.records(), 10);
-        assert!(spool.snapshot().bytes <= config.max_bytes);
-        assert_eq!(messages(&spool)[0], "m15", "the newest are kept");
-    }
-
-    #[tokio::test]
-    async fn events_older_than_max_age_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config(dir.path());
-        config.max_age = Duration::from_secs(60);
-        let now = now_ms();
-        let health = Health::new();
-        let (sender, writer, spool) =
-            start(&config, health.register("w", Duration::from_secs(5))).unwrap();
-        for n in 0..5 {
-            sender.send(event(n, now - 3_600_000)).unwrap();
-        }
-        // A segment goes when its newest event is too old: keep the fresh ones apart.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while spool.store.iter().count() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for n in 5..8 {
-            sender.send(event(n, now)).unwrap();
-        }
-        // Housekeeping runs once a second; wait for it (bounded).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while spool.records() != 3 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        writer.finish().await;
-        assert_eq!(spool.records(), 3);
-    }
-
-    #[test]
-    fn rate_limited_log_reports_the_count_in_between() {
-        let mut log = RateLimitedLog::default();
-        assert_eq!(log.add(3), Some(3));
-        assert_eq!(log.add(2), None);
-        assert_eq!(log.add(4), None);
-        log.last = Some(Instant::now() - Duration::from_secs(11));
-        assert_eq!(log.add(1), Some(7));
-    }
-
-    #[test]
-    fn a_full_channel_drops_instead_of_waiting() {
-        let (channel, _receiver) = sync_channel(1);
-        let sender = EventSender {
-            channel,
-            depth: Arc::new(AtomicUsize::new(0)),
-            dropped_full: Counter::noop(),
-            dropped_stopped: Counter::noop(),
-        };
-        assert_eq!(sender.send(event(1, 0)), Ok(()));
-        assert_eq!(sender.send(event(2, 0)), Err(DropReason::ChannelFull));
-        assert_eq!(sender.depth.load(Ordering::Relaxed), 1);
-    }
-}
+mod tests;

@@ -11,8 +11,16 @@
 //! returns what it actually removed, so callers' counts stay exact when two race.
 //! A third tree, `suppressed`, holds suppression keys (value empty), written
 //! durably at once.
+//!
+//! A store that cannot be opened because it is damaged (sled reports corruption, a
+//! bug, or a truncated or malformed file) is moved aside whole to
+//! `<dir>.damaged-<unix ms>` and a fresh one is started in its place
+//! ([`Store::open_or_set_aside`]): one ERROR line, one count in
+//! `trackedge_spool_store_set_aside_total`, and the edge keeps serving instead of
+//! crash-looping. Other failures (permissions, the directory lock held by another
+//! process, a full disk) are returned: moving the store would not fix them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub type Seq = u64;
 
@@ -33,8 +41,22 @@ pub const MAX_INLINE_VALUE_BYTES: usize = 7 * 1024;
 pub type Bytes = sled::IVec;
 
 #[derive(Debug, thiserror::Error)]
-#[error("spool storage: {0}")]
-pub struct StoreError(#[from] sled::Error);
+pub enum StoreError {
+    #[error("spool storage: {0}")]
+    Engine(#[from] sled::Error),
+    /// sled holds an exclusive lock on the directory while it is open.
+    #[error("the directory is locked: another trackedge may be using it (stop that one, or give this one its own data_dir or spool.dir)")]
+    Locked,
+    /// A storage task on the blocking pool panicked or was cancelled.
+    #[error("spool storage task failed")]
+    TaskFailed,
+}
+
+/// sled 0.34 reports a lock held by another process only in the message of an
+/// `ErrorKind::Other` I/O error (a unit test pins it).
+fn is_lock_conflict(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -60,13 +82,64 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(|err| {
+                if is_lock_conflict(&err) {
+                    StoreError::Locked
+                } else {
+                    StoreError::Engine(err)
+                }
+            })?;
         Ok(Store {
             events: db.open_tree("events")?,
             dead: db.open_tree("dead_letters")?,
             suppressed: db.open_tree("suppressed")?,
             db,
         })
+    }
+
+    /// Opens the store and reads every key and value once; if sled finds it damaged,
+    /// moves the directory aside, logs an ERROR, counts it and opens a fresh one.
+    pub fn open_or_set_aside(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let set_aside = metrics::counter!(crate::metrics::SPOOL_STORE_SET_ASIDE_TOTAL);
+        let error = match Store::open(dir, cache_bytes).and_then(|store| {
+            store.check()?;
+            Ok(store)
+        }) {
+            Ok(store) => {
+                set_aside.increment(0);
+                return Ok(store);
+            }
+            Err(StoreError::Engine(error)) if is_damage(&error) => StoreError::Engine(error),
+            Err(error) => return Err(error),
+        };
+        let aside = aside_path(dir, crate::event::now_ms());
+        std::fs::rename(dir, &aside).map_err(|rename| {
+            tracing::error!(
+                dir = %dir.display(), error = %error, rename_error = %rename,
+                "the spool store is damaged and cannot be moved aside"
+            );
+            error_clone(&error)
+        })?;
+        set_aside.increment(1);
+        tracing::error!(
+            dir = %dir.display(), moved_to = %aside.display(), error = %error,
+            "the spool store is damaged: moved aside and started empty; events held in it are not forwarded"
+        );
+        let store = Store::open(dir, cache_bytes)?;
+        store.check()?;
+        Ok(store)
+    }
+
+    /// Reads every key and value of every tree, so damage shows at open rather than
+    /// in the middle of forwarding.
+    fn check(&self) -> Result<(), StoreError> {
+        for tree in [&self.events, &self.dead, &self.suppressed] {
+            for entry in tree.iter() {
+                let _ = entry?;
+            }
+        }
+        Ok(())
     }
 
     /// One past the largest sequence number ever stored.
@@ -84,6 +157,11 @@ impl Store {
     pub fn append(&self, seq: Seq, value: Vec<u8>) -> Result<(), StoreError> {
         self.events.insert(key(seq), value)?;
         Ok(())
+    }
+
+    /// The value under `seq`, if it is still there.
+    pub fn get(&self, seq: Seq) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.events.get(key(seq))?)
     }
 
     /// Replaces the value under `seq` if it is still there; returns the old value.
@@ -161,6 +239,14 @@ impl Store {
     }
 
     /// Every value still held, oldest first (for counting, erasure and export).
+    /// Every value still held, newest first (recent events are found fastest).
+    pub fn iter_newest_first(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
+        self.events.iter().rev().map(|entry| {
+            let (key, value) = entry?;
+            Ok((seq_of(&key).unwrap_or_default(), value))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Result<(Seq, Bytes), StoreError>> + '_ {
         self.events.iter().map(|entry| {
             let (key, value) = entry?;
@@ -228,9 +314,56 @@ impl Store {
     }
 }
 
+/// Whether an open failed because of what is in the files (moving them aside
+/// helps), rather than the system around them (it would not).
+fn is_damage(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        sled::Error::CollectionNotFound(_) | sled::Error::Unsupported(_) => false,
+    }
+}
+
+/// `<dir>.damaged-<ms>`, with a counter if that exists (two set-asides in one ms).
+fn aside_path(dir: &Path, now_ms: u64) -> PathBuf {
+    let name = dir.file_name().map_or_else(
+        || "spool".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let mut candidate = dir.with_file_name(format!("{name}.damaged-{now_ms}"));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = dir.with_file_name(format!("{name}.damaged-{now_ms}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// sled's error is not `Clone`; what the caller needs is its text.
+fn error_clone(error: &StoreError) -> StoreError {
+    StoreError::Engine(sled::Error::Io(std::io::Error::other(error.to_string())))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_open_of_a_held_directory_says_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open(dir.path());
+        let err = match Store::open(dir.path(), 8 << 20) {
+            Ok(_) => panic!("opened a directory another handle holds"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, StoreError::Locked), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("another trackedge may be using it"));
+    }
 
     /// Opens, waiting (bounded) for the previous handle's background threads to let
     /// go of the directory lock: sled releases it asynchronously after a drop.
@@ -277,6 +410,71 @@ pub(crate) mod tests {
             around.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![255, 256]
         );
+    }
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_a_fresh_one_opens() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        {
+            let store = open(&dir);
+            for n in 0..50 {
+                store.append(n, vec![7; 100]).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        // A damaged configuration block, as a failing disk might leave it. (Damage in
+        // the middle of sled's log is not reported at all: sled takes the first bad
+        // record for the torn end of the log and opens what comes before it.)
+        let conf = dir.join("conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        for byte in &mut bytes[8..24] {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&conf, bytes).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open_or_set_aside(&dir, 8 << 20) {
+                Ok(store) => break store,
+                // The earlier handle may still hold the lock for a moment.
+                Err(err) if std::time::Instant::now() < deadline => {
+                    let _ = err;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("a damaged store must not stop the edge: {err}"),
+            }
+        };
+        let aside: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("spool.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged store is kept for inspection");
+        assert_eq!(store.next_seq().unwrap(), 0, "the new store starts empty");
+        store.append(0, vec![1]).unwrap();
+        assert_eq!(store.iter().count(), 1);
+    }
+
+    #[test]
+    fn only_damage_moves_a_store_aside() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_damage(&sled::Error::Corruption { at: None, bt: () }));
+        assert!(is_damage(&sled::Error::Io(Error::from(
+            ErrorKind::UnexpectedEof
+        ))));
+        // The lock held by another process, permissions, a full disk: not damage.
+        assert!(!is_damage(&sled::Error::Io(Error::other(
+            "could not acquire lock"
+        ))));
+        assert!(!is_damage(&sled::Error::Io(Error::from(
+            ErrorKind::PermissionDenied
+        ))));
+        assert!(!is_damage(&sled::Error::Unsupported("config".into())));
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(parent.path().join("spool.damaged-5")).unwrap();
+        assert_eq!(aside_path(&dir, 5), parent.path().join("spool.damaged-5-1"));
     }
 
     #[test]

@@ -34,10 +34,18 @@ use crate::reload::{FileStamp, LastSeen, Reloadable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("TLS certificate file {path}: {message}")]
-    Certificate { path: PathBuf, message: String },
-    #[error("TLS key file {path}: {message}")]
-    Key { path: PathBuf, message: String },
+    #[error("config key `public.tls[{index}].cert_path`: TLS certificate file {path}: {message}")]
+    Certificate {
+        index: usize,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("config key `public.tls[{index}].key_path`: TLS key file {path}: {message}")]
+    Key {
+        index: usize,
+        path: PathBuf,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -138,8 +146,13 @@ impl Reloadable for TlsCerts {
     }
 }
 
-fn load(cert: &TlsCertConfig, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+fn load(
+    index: usize,
+    cert: &TlsCertConfig,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     let cert_err = |path: &Path, message: String| TlsError::Certificate {
+        index,
         path: path.to_owned(),
         message,
     };
@@ -154,10 +167,12 @@ fn load(cert: &TlsCertConfig, provider: &CryptoProvider) -> Result<CertifiedKey,
         ));
     }
     let key = PrivateKeyDer::from_pem_file(&cert.key_path).map_err(|e| TlsError::Key {
+        index,
         path: cert.key_path.clone(),
         message: e.to_string(),
     })?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::Key {
+        index,
         path: cert.key_path.clone(),
         message: format!("does not fit certificate {}: {e}", cert.cert_path.display()),
     })
@@ -176,7 +191,7 @@ impl SniTable {
     fn load(certs: &[TlsCertConfig], provider: &CryptoProvider) -> Result<SniTable, TlsError> {
         let mut table = SniTable::default();
         for (index, cert) in certs.iter().enumerate() {
-            let key = Arc::new(load(cert, provider)?);
+            let key = Arc::new(load(index, cert, provider)?);
             if index == 0 {
                 table.default = Some(key.clone());
             }

@@ -5,7 +5,8 @@
 //! time) and carries an HMAC-SHA256 tag, truncated to 128 bits, under a key named by a
 //! key-id byte so several keys verify at once during a rotation. The layout is in
 //! `docs/tokens.md`. Verification checks the tag (in constant time) before it parses
-//! a single field, so unsigned bytes never reach the field parser.
+//! a single field, so unsigned bytes never reach the field parser. URLs carry a
+//! [`routing`] key in front of the token so balancers can keep a message on one edge.
 //!
 //! Input: the path segment of a request (hostile) or the sender's claims (trusted).
 //! Output: [`Claims`] or a [`TokenError`] whose `as_str` is the metric label.
@@ -14,6 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+mod routing;
+pub use routing::{routing_key, split as routing_split, ROUTING_KEY_LEN};
 
 /// The only version this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -42,15 +46,19 @@ pub enum Kind {
     Unsubscribe,
     /// Marks the sender's own browser (self-open detection); never recorded.
     Sender,
+    /// A link no person clicks (put in a mail invisibly): whatever follows it is a
+    /// machine. Served under the click path so a scanner cannot tell it apart.
+    Trap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Open,
         Kind::Click,
         Kind::Download,
         Kind::Unsubscribe,
         Kind::Sender,
+        Kind::Trap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,7 +68,13 @@ impl Kind {
             Kind::Download => "download",
             Kind::Unsubscribe => "unsubscribe",
             Kind::Sender => "sender",
+            Kind::Trap => "trap",
         }
+    }
+
+    /// The position in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
@@ -74,6 +88,7 @@ impl Kind {
             Kind::Download => 3,
             Kind::Unsubscribe => 4,
             Kind::Sender => 5,
+            Kind::Trap => 6,
         }
     }
 
@@ -94,6 +109,7 @@ impl Kind {
             Kind::Download => format!("/f/{token}"),
             Kind::Unsubscribe => format!("/u/{token}"),
             Kind::Sender => format!("/s/{token}"),
+            Kind::Trap => format!("/c/{token}"),
         }
     }
 }
@@ -116,6 +132,29 @@ pub struct Claims {
     pub expires_at: Option<u64>,
     /// Unix seconds when the message was sent.
     pub sent_at: Option<u64>,
+}
+
+impl Claims {
+    /// Claims of `kind` for one message, with no recipient, link 0, no target, no
+    /// expiry and no send time; set the others with struct update syntax.
+    pub fn new(
+        kind: Kind,
+        tenant: impl Into<String>,
+        campaign: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Claims {
+        Claims {
+            kind,
+            tenant: tenant.into(),
+            campaign: campaign.into(),
+            message: message.into(),
+            recipient: None,
+            link: 0,
+            target: None,
+            expires_at: None,
+            sent_at: None,
+        }
+    }
 }
 
 /// One HMAC key, with its keyed state computed once so each use only clones it.
@@ -198,10 +237,12 @@ pub enum TokenError {
     Expired,
     #[error("token target is not a safe http(s) URL")]
     BadTarget,
+    #[error("routing key in the URL is not the token's")]
+    BadRoutingKey,
 }
 
 impl TokenError {
-    pub const ALL: [TokenError; 9] = [
+    pub const ALL: [TokenError; 10] = [
         TokenError::TooLong,
         TokenError::Malformed,
         TokenError::UnsupportedVersion,
@@ -211,7 +252,13 @@ impl TokenError {
         TokenError::WrongKind,
         TokenError::Expired,
         TokenError::BadTarget,
+        TokenError::BadRoutingKey,
     ];
+
+    /// The position in [`TokenError::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -224,6 +271,7 @@ impl TokenError {
             TokenError::WrongKind => "wrong_kind",
             TokenError::Expired => "expired",
             TokenError::BadTarget => "bad_target",
+            TokenError::BadRoutingKey => "bad_routing_key",
         }
     }
 }
@@ -340,29 +388,48 @@ pub(crate) fn seal(key: &Key, mut payload: Vec<u8>) -> String {
     URL_SAFE_NO_PAD.encode(payload)
 }
 
-/// Signs with the ring's signing key and returns the full URL under `base_url`.
+/// Signs with the ring's signing key and returns the full URL under `base_url`,
+/// with the message's routing key in front of the token (`/c/{routing key}/{token}`).
 pub fn mint_url(base_url: &str, keys: &KeyRing, claims: &Claims) -> Result<String, SignError> {
-    let token = sign(keys.signing_key(), claims)?;
+    let key = keys.signing_key();
+    let token = sign(key, claims)?;
+    let routed = format!(
+        "{}/{token}",
+        routing_key(key, &claims.tenant, &claims.message)
+    );
     Ok(format!(
         "{}{}",
         base_url.trim_end_matches('/'),
-        claims.kind.path(&token)
+        claims.kind.path(&routed)
     ))
 }
 
-/// Checks a token from a request and returns what it signs.
+/// Checks the token segment of a request (`token`, or `routing key/token`) and
+/// returns what the token signs.
 ///
 /// `now` is unix seconds; `max_len` bounds the text before any decoding.
 pub fn verify(
     keys: &KeyRing,
-    token: &str,
+    segment: &str,
     expected: Kind,
     now: u64,
     max_len: usize,
 ) -> Result<Claims, TokenError> {
-    if token.len() > max_len {
+    verify_any(keys, segment, &[expected], now, max_len)
+}
+
+/// [`verify`] for a path that serves several kinds (the click path serves traps).
+pub fn verify_any(
+    keys: &KeyRing,
+    segment: &str,
+    expected: &[Kind],
+    now: u64,
+    max_len: usize,
+) -> Result<Claims, TokenError> {
+    if segment.len() > max_len {
         return Err(TokenError::TooLong);
     }
+    let (routing, token) = routing::split(segment).ok_or(TokenError::Malformed)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| TokenError::Malformed)?;
@@ -381,7 +448,10 @@ pub fn verify(
         .map_err(|_| TokenError::BadSignature)?;
 
     let claims = parse_signed(signed).ok_or(TokenError::BadPayload)?;
-    if claims.kind != expected {
+    if routing.is_some_and(|text| !routing::matches(key, text, &claims.tenant, &claims.message)) {
+        return Err(TokenError::BadRoutingKey);
+    }
+    if !expected.contains(&claims.kind) {
         return Err(TokenError::WrongKind);
     }
     if claims.expires_at.is_some_and(|at| now > at) {
@@ -486,235 +556,4 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ring() -> KeyRing {
-        KeyRing::new(vec![Key::new(7, b"0123456789abcdef0123456789abcdef")]).unwrap()
-    }
-
-    fn click() -> Claims {
-        Claims {
-            kind: Kind::Click,
-            tenant: "acme".into(),
-            campaign: "spring".into(),
-            message: "m-1".into(),
-            recipient: Some("r-9".into()),
-            link: 3,
-            target: Some("https://example.com/a?b=c#d".into()),
-            expires_at: Some(2_000_000_000),
-            sent_at: Some(1_700_000_000),
-        }
-    }
-
-    #[test]
-    fn sign_then_verify_round_trips_every_field() {
-        let token = sign(ring().signing_key(), &click()).unwrap();
-        let claims = verify(&ring(), &token, Kind::Click, 1_800_000_000, 4096).unwrap();
-        assert_eq!(claims, click());
-    }
-
-    #[test]
-    fn minimal_open_token_is_compact() {
-        let claims = Claims {
-            kind: Kind::Open,
-            tenant: "t".into(),
-            campaign: "c".into(),
-            message: "m".into(),
-            recipient: None,
-            link: 0,
-            target: None,
-            expires_at: None,
-            sent_at: None,
-        };
-        let token = sign(ring().signing_key(), &claims).unwrap();
-        assert!(token.len() < 40, "{token}");
-        assert_eq!(verify(&ring(), &token, Kind::Open, 0, 4096), Ok(claims));
-    }
-
-    #[test]
-    fn every_flipped_bit_is_refused() {
-        let token = sign(ring().signing_key(), &click()).unwrap();
-        let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
-        for index in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut tampered = bytes.clone();
-                tampered[index] ^= 1 << bit;
-                let tampered = URL_SAFE_NO_PAD.encode(tampered);
-                assert!(verify(&ring(), &tampered, Kind::Click, 0, 4096).is_err());
-            }
-        }
-    }
-
-    #[test]
-    fn truncated_tokens_are_refused() {
-        let token = sign(ring().signing_key(), &click()).unwrap();
-        for len in 0..token.len() {
-            assert!(verify(&ring(), &token[..len], Kind::Click, 0, 4096).is_err());
-        }
-    }
-
-    #[test]
-    fn refusals_name_their_reason() {
-        let token = sign(ring().signing_key(), &click()).unwrap();
-        let other = KeyRing::new(vec![Key::new(8, b"another secret of 32 bytes......")]).unwrap();
-        let same_id_other_secret =
-            KeyRing::new(vec![Key::new(7, b"another secret of 32 bytes......")]).unwrap();
-        let check = |ring: &KeyRing, token: &str, kind, now, max| {
-            verify(ring, token, kind, now, max).unwrap_err()
-        };
-        assert_eq!(
-            check(&ring(), &token, Kind::Click, 0, 10),
-            TokenError::TooLong
-        );
-        assert_eq!(
-            check(&ring(), "!!!!", Kind::Click, 0, 99),
-            TokenError::Malformed
-        );
-        assert_eq!(
-            check(&other, &token, Kind::Click, 0, 4096),
-            TokenError::UnknownKey
-        );
-        assert_eq!(
-            check(&same_id_other_secret, &token, Kind::Click, 0, 4096),
-            TokenError::BadSignature
-        );
-        assert_eq!(
-            check(&ring(), &token, Kind::Open, 0, 4096),
-            TokenError::WrongKind
-        );
-        assert_eq!(
-            check(&ring(), &token, Kind::Click, 2_000_000_001, 4096),
-            TokenError::Expired
-        );
-        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
-        bytes[0] = 2;
-        assert_eq!(
-            check(
-                &ring(),
-                &URL_SAFE_NO_PAD.encode(bytes),
-                Kind::Click,
-                0,
-                4096
-            ),
-            TokenError::UnsupportedVersion
-        );
-    }
-
-    #[test]
-    fn ids_that_could_not_be_signed_are_refused_even_under_a_valid_tag() {
-        // The payload of the fuzz input (token_verify, crash-b3d6f4e5) that verified
-        // with a control character in its tenant, then could not be signed again.
-        let payload = b"\x01\x01\x02\x0f\x04acm\x1a\x06spring\x06msg-42\x03\x80\xa8\xd6\xb9\x07\
-            \xc0\x8d\xf6\xd7\x06\x03r-9\x28https://shop.example/spring?utm=mail#t/p";
-        let key = Key::new(1, b"0123456789abcdef0123456789abcdef");
-        let ring = KeyRing::new(vec![key.clone()]).unwrap();
-        let token = seal(&key, payload.to_vec());
-        assert_eq!(
-            verify(&ring, &token, Kind::Click, 0, 4096),
-            Err(TokenError::BadPayload)
-        );
-        // Each id, empty, too long or with a control character, under a valid tag.
-        let long = "x".repeat(MAX_ID_BYTES + 1);
-        for (index, bad) in ["", long.as_str(), "a\0b"].into_iter().enumerate() {
-            for field in 0..4 {
-                let mut ids = ["acme", "spring", "m-1", "r-9"];
-                ids[field] = bad;
-                let mut payload = vec![VERSION, 1, Kind::Open.to_byte(), FLAG_RECIPIENT];
-                for id in &ids[..3] {
-                    put_bytes(&mut payload, id.as_bytes());
-                }
-                put_varint(&mut payload, 0);
-                put_bytes(&mut payload, ids[3].as_bytes());
-                let token = seal(&key, payload);
-                assert_eq!(
-                    verify(&ring, &token, Kind::Open, 0, 4096),
-                    Err(TokenError::BadPayload),
-                    "bad id {index} as field {field}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rotation_accepts_every_configured_key() {
-        let old = Key::new(1, b"old secret old secret old secret");
-        let new = Key::new(2, b"new secret new secret new secret");
-        let token = sign(&old, &click()).unwrap();
-        let rotated = KeyRing::new(vec![new, old]).unwrap();
-        assert!(verify(&rotated, &token, Kind::Click, 0, 4096).is_ok());
-        assert_eq!(rotated.signing_key().id(), 2);
-    }
-
-    #[test]
-    fn duplicate_key_ids_are_refused() {
-        assert!(KeyRing::new(vec![Key::new(1, b"a"), Key::new(1, b"b")]).is_none());
-        assert!(KeyRing::new(vec![]).is_none());
-    }
-
-    #[test]
-    fn only_http_targets_without_control_characters_can_be_signed() {
-        for target in [
-            "javascript:alert(1)",
-            "data:text/html,hi",
-            "//evil.example",
-            "ftp://example.com/x",
-            "https://example.com/\r\nSet-Cookie: x=1",
-            "https://example.com/a b",
-            "https://example.com/\0",
-            "https://exämple.com/",
-            "https://",
-            "https://@/",
-            "https://:80/",
-            "https://evil.example\\@good.example/",
-        ] {
-            let mut claims = click();
-            claims.target = Some(target.into());
-            assert!(
-                sign(ring().signing_key(), &claims).is_err(),
-                "{target:?} was signed"
-            );
-        }
-        for target in ["HTTPS://Example.com", "http://127.0.0.1:8080/x?y=%20"] {
-            assert_eq!(check_target(target), Ok(()), "{target}");
-        }
-    }
-
-    #[test]
-    fn kinds_and_targets_must_agree() {
-        let mut claims = click();
-        claims.target = None;
-        assert_eq!(
-            sign(ring().signing_key(), &claims),
-            Err(SignError::MissingTarget("click"))
-        );
-        let mut claims = click();
-        claims.kind = Kind::Open;
-        assert_eq!(
-            sign(ring().signing_key(), &claims),
-            Err(SignError::UnexpectedTarget("open"))
-        );
-    }
-
-    #[test]
-    fn mint_url_uses_the_route_of_the_kind() {
-        let url = mint_url("https://t.example/", &ring(), &click()).unwrap();
-        assert!(url.starts_with("https://t.example/c/"), "{url}");
-        let mut open = click();
-        open.kind = Kind::Open;
-        open.target = None;
-        let url = mint_url("https://t.example", &ring(), &open).unwrap();
-        assert!(url.starts_with("https://t.example/o/") && url.ends_with(".gif"));
-    }
-
-    #[test]
-    fn varints_round_trip_and_refuse_overlong() {
-        for value in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, value);
-            assert_eq!(Reader(&out).varint(), Some(value));
-        }
-        assert_eq!(Reader(&[0xff; 11]).varint(), None);
-        assert_eq!(Reader(&[0x80]).varint(), None);
-    }
-}
+mod tests;

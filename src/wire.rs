@@ -81,6 +81,19 @@ pub fn write_event(event: &Event, out: &mut Vec<u8>) {
     if event.rate_limited {
         out.extend_from_slice(b",\"rate_limited\":true");
     }
+    if let Some(reason) = event.not_tracked {
+        out.extend_from_slice(b",\"not_tracked\":");
+        write_str(out, reason);
+    }
+    if let Some((first, rest)) = event.ids.split_first() {
+        out.extend_from_slice(b",\"ids\":[\"");
+        out.extend_from_slice(&first.to_bytes());
+        for id in rest {
+            out.extend_from_slice(b"\",\"");
+            out.extend_from_slice(&id.to_bytes());
+        }
+        out.extend_from_slice(b"\"]");
+    }
     out.extend_from_slice(b",\"node\":");
     write_str(out, &event.node);
     out.push(b'}');
@@ -261,11 +274,14 @@ thread_local! {
         }));
 }
 
+/// A shared value and its JSON.
+type Fragment<T> = (Arc<T>, Box<[u8]>);
+
 /// A direct-mapped cache of the JSON of shared values, keyed by their allocation.
 /// Each entry keeps a clone of the `Arc`, so the allocation cannot be freed and
 /// reused for another value while the entry exists: a pointer match is a match.
 struct FragmentCache<T: ?Sized> {
-    slots: Vec<Option<(Arc<T>, Box<[u8]>)>>,
+    slots: Vec<Option<Fragment<T>>>,
     encode: fn(&T) -> Vec<u8>,
 }
 
@@ -300,7 +316,7 @@ mod tests {
     use super::*;
     use crate::enrich::classify::ClassKind;
     use crate::event::{EventId, EventKind, SCHEMA_VERSION};
-    use crate::token::Kind;
+    use crate::token::{Claims, Kind};
     use proptest::prelude::*;
 
     fn event(text: &str, lat: f64, present: bool) -> Event {
@@ -348,6 +364,8 @@ mod tests {
             head: false,
             self_open: true,
             rate_limited: present,
+            not_tracked: None,
+            ids: Vec::new(),
             node: "edge-1".into(),
         }
     }
@@ -391,6 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_and_its_minimal_forms_encode_as_serde_json_does() {
+        let node: Arc<str> = Arc::from("edge-1");
+        for kind in Kind::ALL {
+            let mut tracked = event("acme", 47.4, true);
+            tracked.kind = EventKind::Tracked(kind);
+            same_as_serde(&tracked);
+        }
+        // A trap hit: the client's facts, no recipient or target.
+        let trap = Event::of_claims(
+            Claims::new(Kind::Trap, "t", "c", "m"),
+            EventId(1),
+            2,
+            Arc::from("trap_link"),
+            node.clone(),
+        );
+        same_as_serde(&trap);
+        // An unsubscribe whose tracking was refused: ids, time and the reason only.
+        for reason in ["opted_out", "suppressed", "do_not_track", "self_open"] {
+            let mut untracked = Event::of_claims(
+                Claims {
+                    recipient: Some("r\"1".into()),
+                    ..Claims::new(Kind::Unsubscribe, "t", "c", "m")
+                },
+                EventId(u128::MAX),
+                0,
+                Arc::from("not_tracked"),
+                node.clone(),
+            );
+            untracked.not_tracked = Some(reason);
+            untracked.head = true;
+            same_as_serde(&untracked);
+        }
+        // Reclassify events name one or several earlier ids.
+        let of = event("acme", 1.0, true);
+        for count in [1, 2, 17] {
+            let ids = (0..count)
+                .map(|n| EventId(n * 0x1234_5678_9abc_def0))
+                .collect();
+            let reclassify = Event::reclassify(
+                EventId(9),
+                3,
+                &of,
+                ids,
+                Class::new(ClassKind::LinkScanner, "burst"),
+                Arc::from("burst"),
+            );
+            same_as_serde(&reclassify);
+        }
+        same_as_serde(&Event::erasure(EventId(5), 6, "t", "r@x", node));
+    }
+
+    #[test]
     fn a_cached_place_is_the_same_record_not_an_equal_address() {
         let mut cache = FragmentCache::new(1, |geo: &Geo| serde_json::to_vec(geo).unwrap());
         let a = Arc::new(Geo {
@@ -409,8 +479,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_text_encodes_as_serde_json_does(text in any::<String>(), lat in any::<f64>(), present: bool) {
-            let event = event(&text, lat, present);
+        fn any_text_encodes_as_serde_json_does(
+            text in any::<String>(),
+            lat in any::<f64>(),
+            present: bool,
+            ids in proptest::collection::vec(any::<u128>(), 0..4),
+        ) {
+            let mut event = event(&text, lat, present);
+            event.not_tracked = present.then_some("opted_out");
+            event.ids = ids.into_iter().map(EventId).collect();
             let mut ours = Vec::new();
             write_event(&event, &mut ours);
             prop_assert_eq!(ours, serde_json::to_vec(&event).unwrap());

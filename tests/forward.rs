@@ -21,12 +21,7 @@ fn forward_config(url: &str, extra: &str) -> String {
 
 /// Sends `count` opens with messages `<prefix>-<n>` on one keep-alive connection.
 async fn send_opens(server: &TestServer, prefix: &str, count: usize) {
-    let stream = tokio::net::TcpStream::connect(server.public).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = common::keep_alive(server.public).await.unwrap();
     let keys = server.keys();
     for n in 0..count {
         let url =
@@ -319,7 +314,8 @@ async fn https_upstream_with_a_configured_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_none_sink_keeps_events_in_the_spool_and_the_file_sink_writes_them() {
-    let mut server = TestServer::start("[forward]\nsink = \"none\"\n");
+    let mut server =
+        TestServer::start("[forward]\nsink = \"none\"\n[health]\nforwarder_deadline_ms = 1000\n");
     send_opens(&server, "m", 20).await;
     let held = eventually(Duration::from_secs(5), || async {
         spool_report(&server).await["events"] == 20
@@ -327,8 +323,9 @@ async fn the_none_sink_keeps_events_in_the_spool_and_the_file_sink_writes_them()
     .await;
     assert!(held);
     assert_eq!(spool_report(&server).await["sink"]["state"], "disabled");
-    // Nothing runs for the `none` sink, so nothing can be late: still ready.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Nothing runs for the `none` sink, so nothing can be late: still ready past
+    // the forwarder's deadline.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get(server.admin, "/readyz").await.status(), 200);
     assert!(server.terminate().success());
     assert!(server.events().is_empty());

@@ -82,5 +82,13 @@ async fn every_event_reaches_the_mock_cluster_once_it_accepts() {
     );
     assert_eq!(messages, sent, "every event arrives");
     assert!(keys_match, "each message is keyed by its message id");
+    // The Kafka sink's own metric (the compliance test in tests/metrics.rs runs an
+    // http sink): exported with its HELP.
+    let text = server.metrics().await;
+    assert!(
+        text.contains("# HELP trackedge_forward_sink_state_changes_total")
+            && text.contains("trackedge_forward_sink_state_changes_total{state=\"ok\"}"),
+        "{text}"
+    );
     drop(cluster);
 }

@@ -1,4 +1,5 @@
-//! Graceful shutdown, the command line (check-config, sign), and the metrics API.
+//! Graceful shutdown, the command line (check-config, sign), and the metrics token
+//! (the metrics themselves: tests/metrics.rs).
 
 mod common;
 
@@ -20,12 +21,7 @@ async fn every_request_answered_before_sigterm_is_in_the_output() {
     for worker in 0..8 {
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
+            let mut sender = common::keep_alive(addr).await.unwrap();
             for _ in 0..100 {
                 sender.ready().await.unwrap();
                 let response = sender.send_request(request("GET", &path)).await.unwrap();
@@ -127,6 +123,57 @@ fn check_config_names_the_broken_key() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("config ok"));
 }
 
+/// `check-config` loads every file `serve` loads, and refuses what `serve` refuses,
+/// naming the key; `serve` refuses the same configs the same way.
+#[test]
+fn check_config_and_serve_refuse_the_same_broken_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let short_key = dir.path().join("short-keys.txt");
+    std::fs::write(&short_key, "1:tooshort\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let tls = |cert: &std::path::Path| {
+        format!(
+            "[[public.tls]]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+            cert.display(),
+            garbage.display()
+        )
+    };
+    for (text, key) in [
+        (tls(&missing), "public.tls[0].cert_path"),
+        (tls(&garbage), "public.tls[0].cert_path"),
+        (
+            format!("[tokens]\nkey_file = \"{}\"\n", short_key.display()),
+            "tokens.key_file",
+        ),
+        ("[log]\nlevel = \"warning\"\n".to_owned(), "log.level"),
+    ] {
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &text).unwrap();
+        let data_dir = dir.path().join("data");
+        for command in ["check-config", "serve"] {
+            let output = Command::new(BIN)
+                .arg(command)
+                .arg("--config")
+                .arg(&path)
+                .args([
+                    "--public-addr",
+                    "127.0.0.1:0",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                ])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} accepted {text}");
+            assert!(stderr.contains(key), "{command} {text}: {stderr}");
+        }
+    }
+}
+
 #[test]
 fn flags_and_environment_override_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,36 +269,6 @@ async fn sign_prints_a_url_the_running_server_answers() {
         assert!(!output.status.success(), "{bad:?} was signed");
         assert!(!output.stderr.is_empty());
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_metric_is_exported() {
-    let server = TestServer::start("");
-    let open = server.path_for(&claims(Kind::Open, "m"));
-    assert_eq!(
-        send(server.public, Version::HTTP_11, request("GET", &open))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(get(server.public, "/c/garbage").await.status(), 404);
-    assert_eq!(get(server.admin, "/readyz").await.status(), 200);
-    // The writer publishes its queue depth and written count within a flush interval.
-    let written = common::eventually(Duration::from_secs(10), || async {
-        server.metric("trackedge_events_written_total").await >= 1.0
-    })
-    .await;
-    assert!(written);
-    let text = server.metrics().await;
-    for &(name, _, _) in trackedge::metrics::ALL {
-        assert!(
-            text.lines().any(|line| line.starts_with(name)),
-            "{name} missing from /metrics"
-        );
-    }
-    assert!(text.contains("trackedge_token_failures_total{route=\"click\",reason=\"malformed\"} 1"));
-    assert!(text.contains("trackedge_http_requests_total{route=\"pixel\",status=\"2xx\"} 1"));
-    assert!(text.contains("trackedge_http_request_duration_seconds_bucket{route=\"pixel\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

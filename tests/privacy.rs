@@ -16,17 +16,7 @@ use trackedge::{Claims, Kind};
 const ADMIN_TOKEN: &str = "admin-s3cret";
 
 fn open_claims(recipient: &str, message: &str) -> Claims {
-    Claims {
-        kind: Kind::Open,
-        tenant: "acme".into(),
-        campaign: "c1".into(),
-        message: message.into(),
-        recipient: Some(recipient.into()),
-        link: 0,
-        target: None,
-        expires_at: None,
-        sent_at: None,
-    }
+    common::claims_of(Kind::Open, recipient, message)
 }
 
 async fn hit(server: &TestServer, claims: &Claims, headers: &[(&str, &str)]) -> Response<Bytes> {

@@ -167,7 +167,7 @@ fn edge(dir: &Path, click_fallback: Option<&'static str>) -> (Edge, Writer) {
     let privacy = trackedge::privacy::Privacy::new(
         &config.privacy,
         dir,
-        trackedge::suppression::Suppressions::load(spool.store.clone()).expect("suppressions"),
+        spool.suppressions().expect("suppressions"),
     )
     .expect("privacy");
     let edge = Edge::new(

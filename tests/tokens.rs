@@ -38,7 +38,18 @@ fn hand_made_click_token(key_id: u8, secret: &[u8], target: &str) -> String {
 async fn tampered_truncated_oversized_wrong_key_and_expired_click_tokens_never_redirect() {
     let mut server = TestServer::start("[public]\nmax_token_bytes = 512\n");
     let good = server.path_for(&claims(Kind::Click, "m"));
-    let token = good.trim_start_matches("/c/").to_owned();
+    // `/c/{routing key}/{token}`: the token is the last segment.
+    let (routing, token) = good
+        .trim_start_matches("/c/")
+        .split_once('/')
+        .map(|(r, t)| (r.to_owned(), t.to_owned()))
+        .expect("minted URLs carry a routing key");
+    let other_message = server.path_for(&claims(Kind::Click, "another-message"));
+    let other_routing = other_message
+        .trim_start_matches("/c/")
+        .split('/')
+        .next()
+        .unwrap();
 
     let mut tampered = token.clone().into_bytes();
     let middle = tampered.len() / 2;
@@ -89,6 +100,8 @@ async fn tampered_truncated_oversized_wrong_key_and_expired_click_tokens_never_r
         (format!("/c/{javascript}"), "bad_target"),
         (format!("/c/{crlf}"), "bad_target"),
         (open_as_click, "wrong_kind"),
+        (format!("/c/{other_routing}/{token}"), "bad_routing_key"),
+        (format!("/c/{routing}x/{token}"), "bad_routing_key"),
     ];
     for (path, reason) in &cases {
         let response = get(server.public, path).await;
@@ -105,6 +118,7 @@ async fn tampered_truncated_oversized_wrong_key_and_expired_click_tokens_never_r
         "expired",
         "bad_target",
         "wrong_kind",
+        "bad_routing_key",
     ] {
         let expected = cases.iter().filter(|(_, r)| *r == reason).count() as f64;
         let series = failures(reason, "click");
@@ -116,11 +130,18 @@ async fn tampered_truncated_oversized_wrong_key_and_expired_click_tokens_never_r
     }
     // The same token with its real route still works: the refusals were about the token.
     assert_eq!(get(server.public, &good).await.status(), 302);
+    // So does the token without a routing key: URLs minted before routing keys.
+    let unrouted = get(server.public, &format!("/c/{token}")).await;
+    assert_eq!(unrouted.status(), 302);
     let download_path = wrong_key.replace("/c/", "/f/");
     assert_eq!(get(server.public, &download_path).await.status(), 404);
 
     assert!(server.terminate().success());
-    assert_eq!(server.events().len(), 1, "only the good click is recorded");
+    assert_eq!(
+        server.events().len(),
+        2,
+        "only the good clicks are recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,10 +199,21 @@ async fn rotated_keys_keep_old_urls_working_until_the_old_key_is_removed() {
     // Rotate by file change: the new key signs, the old one still verifies.
     std::fs::write(&key_file, format!("{NEW_KEY}\n{OLD_KEY}\n")).unwrap();
     let rotated = eventually(Duration::from_secs(10), || async {
-        server.metric("trackedge_token_signing_key_id").await == 2.0
+        server
+            .metric("trackedge_token_signing_key_info{key_id=\"2\"}")
+            .await
+            == 1.0
     })
     .await;
     assert!(rotated, "the key file change was not picked up");
+    assert_eq!(
+        common::metric_value(
+            &server.metrics().await,
+            "trackedge_token_signing_key_info{key_id=\"1\"}"
+        ),
+        Some(0.0),
+        "the key that signed before is no longer the signing key"
+    );
     let new_ring = trackedge::keys::load(&key_file, false).unwrap();
     let new_url = trackedge::mint_url("", &new_ring, &claims(Kind::Click, "new")).unwrap();
     assert_eq!(get(server.public, &new_url).await.status(), 302);

@@ -113,9 +113,12 @@ fn kind_index(kind: trackedge::Kind) -> usize {
     match kind {
         trackedge::Kind::Open => 0,
         trackedge::Kind::Click => 1,
-        // Unsubscribe and sender links are not in the load mix; counted with
+        // Unsubscribe, sender and trap links are not in the load mix; counted with
         // downloads if they ever are.
-        trackedge::Kind::Download | trackedge::Kind::Unsubscribe | trackedge::Kind::Sender => 2,
+        trackedge::Kind::Download
+        | trackedge::Kind::Unsubscribe
+        | trackedge::Kind::Sender
+        | trackedge::Kind::Trap => 2,
     }
 }
 const KIND_NAMES: [&str; 3] = ["open", "click", "download"];

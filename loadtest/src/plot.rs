@@ -1,5 +1,5 @@
 //! `--plot FILE.png`: the latency percentile curve (x: percentile on a log scale of
-//! 1/(1-q), y: latency), drawn with plotters into an RGB buffer and encoded with the
+//! 1/(1-q), y: latency on a log scale), drawn with plotters into an RGB buffer and encoded with the
 //! `png` crate. plotters' own PNG encoder would pull in the whole `image` crate;
 //! its text needs a TrueType font, taken from the system (DejaVu/Liberation).
 
@@ -39,6 +39,10 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 /// One curve per series: (label, points of (percentile 0-100, latency µs)).
+///
+/// Both axes are logarithmic, as HdrHistogram plots its percentiles: x is
+/// log10(1/(1-q)), so p90, p99, p99.9 ... are evenly spaced, and latency is on a log
+/// scale too, so a tail a hundred times the median does not flatten the rest.
 pub fn percentile_png(
     path: &Path,
     title: &str,
@@ -51,26 +55,27 @@ pub fn percentile_png(
         root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
         // x = log10(1/(1-q)): 0 at p0, 2 at p99, 4 at p99.99.
         let x_of = |q: f64| (1.0 / (1.0 - (q / 100.0).min(0.99999))).log10();
-        let y_max = series
-            .iter()
-            .flat_map(|(_, pts)| pts.iter().map(|p| p.1 / 1000.0))
-            .fold(0.1f64, f64::max)
-            * 1.1;
+        let (y_min, y_max) = latency_range_ms(series);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(15)
+            .margin_right(40)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..5f64, 0f64..y_max)
+            .build_cartesian_2d(0f64..5f64, (y_min..y_max).log_scale())
             .map_err(|e| anyhow!("plot: {e}"))?;
         chart
             .configure_mesh()
-            .x_desc("percentile")
-            .y_desc("latency (ms)")
+            .x_desc("percentile (log scale: each step is ten times rarer)")
+            .y_desc("latency from the scheduled send time, ms (log scale)")
             .x_label_formatter(&|x| {
                 let q = 100.0 * (1.0 - 10f64.powf(-x));
                 let text = format!("{q:.3}");
                 format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+            })
+            .y_label_formatter(&|ms| {
+                let text = format!("{ms:.3}");
+                text.trim_end_matches('0').trim_end_matches('.').to_owned()
             })
             .x_labels(6)
             .draw()
@@ -79,11 +84,13 @@ pub fn percentile_png(
             let color = Palette99::pick(index).to_rgba();
             chart
                 .draw_series(LineSeries::new(
-                    points.iter().map(|(q, us)| (x_of(*q), us / 1000.0)),
+                    points
+                        .iter()
+                        .map(|(q, us)| (x_of(*q), (us / 1000.0).max(y_min))),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| anyhow!("plot: {e}"))?
-                .label(label.clone())
+                .label(legend(label, points))
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
@@ -106,4 +113,67 @@ pub fn percentile_png(
     writer.write_image_data(&rgb).context("png data")?;
     writer.finish().context("png finish")?;
     Ok(())
+}
+
+/// A curve's name with the figures that matter read off it: p50, p99, max.
+fn legend(label: &str, points: &[(f64, f64)]) -> String {
+    let at = |q: f64| {
+        points
+            .iter()
+            .find(|(p, _)| *p >= q)
+            .or(points.last())
+            .map_or(0.0, |(_, us)| us / 1000.0)
+    };
+    format!(
+        "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(50.0),
+        at(99.0),
+        at(100.0)
+    )
+}
+
+/// The latency axis in ms: a little beyond the smallest and largest points, never
+/// empty and never reaching 0 (a log scale cannot show it).
+fn latency_range_ms(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64) {
+    let values = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1 / 1000.0))
+        .filter(|ms| *ms > 0.0 && ms.is_finite());
+    let (low, high) = values.fold((f64::MAX, 0f64), |(lo, hi), ms| (lo.min(ms), hi.max(ms)));
+    if high == 0.0 {
+        return (0.001, 1.0);
+    }
+    let low = (low / 1.5).max(0.000_1);
+    (low, (high * 1.5).max(low * 10.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latency_range_covers_every_point_and_stays_above_zero() {
+        let series = vec![(
+            "a".to_owned(),
+            vec![(0.0, 0.0), (50.0, 200.0), (99.9, 150_000.0)],
+        )];
+        let (low, high) = latency_range_ms(&series);
+        assert!(low > 0.0 && low < 0.2, "{low}");
+        assert!(high > 150.0, "{high}");
+        assert_eq!(latency_range_ms(&[]), (0.001, 1.0));
+    }
+
+    #[test]
+    fn the_legend_reads_p50_p99_and_max_off_the_curve() {
+        let points = vec![
+            (0.0, 100.0),
+            (50.0, 250.0),
+            (99.0, 4_000.0),
+            (100.0, 9_000.0),
+        ];
+        assert_eq!(
+            legend("h2c", &points),
+            "h2c: p50 0.25 ms, p99 4.00 ms, max 9.00 ms"
+        );
+    }
 }

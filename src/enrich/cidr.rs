@@ -9,7 +9,7 @@
 //! prefix length (a handful of lookups whatever the list size).
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// `::ffff:0:0/96`, where IPv4 addresses live in the IPv6 space.
@@ -122,6 +122,24 @@ impl CidrSet {
         self.by_prefix
             .iter()
             .any(|(prefix, networks)| networks.contains(&(key & mask(*prefix))))
+    }
+}
+
+/// Keeps only the network part of `ip` (IPv4-mapped addresses count as IPv4).
+pub fn truncate_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(ipv4_prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
     }
 }
 

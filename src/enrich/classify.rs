@@ -13,137 +13,14 @@
 //! still recorded.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::Arc;
-
-use serde::{Serialize, Serializer};
 
 use super::cidr::CidrSet;
 use super::rules::Rule;
 pub use super::rules::{RuleSet, RulesError};
+pub use super::verdict::{Class, ClassKind, Verdict};
 use crate::token::Kind;
-
-/// The kind of a class; `as_str` is also the metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClassKind {
-    Human,
-    ProxyOpen,
-    Prefetch,
-    LinkScanner,
-    Bot,
-}
-
-impl ClassKind {
-    pub const ALL: [ClassKind; 5] = [
-        ClassKind::Human,
-        ClassKind::ProxyOpen,
-        ClassKind::Prefetch,
-        ClassKind::LinkScanner,
-        ClassKind::Bot,
-    ];
-
-    /// Also the `class` metric label (without the `<who>`, which is unbounded).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClassKind::Human => "human",
-            ClassKind::ProxyOpen => "proxy_open",
-            ClassKind::Prefetch => "prefetch",
-            ClassKind::LinkScanner => "link_scanner",
-            ClassKind::Bot => "bot",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// A class and, for proxies, prefetchers and scanners, whose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Class {
-    pub kind: ClassKind,
-    pub who: Option<Arc<str>>,
-}
-
-impl Class {
-    pub const HUMAN: Class = Class {
-        kind: ClassKind::Human,
-        who: None,
-    };
-    pub const BOT: Class = Class {
-        kind: ClassKind::Bot,
-        who: None,
-    };
-
-    pub fn new(kind: ClassKind, who: &str) -> Class {
-        Class {
-            kind,
-            who: Some(Arc::from(who)),
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.kind.as_str())?;
-        if let Some(who) = &self.who {
-            write!(f, ":{who}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Serialize for Class {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl FromStr for Class {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Class, String> {
-        let (kind, who) = match text.split_once(':') {
-            Some((kind, who)) => (kind, Some(who)),
-            None => (text, None),
-        };
-        let kind = ClassKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == kind)
-            .ok_or_else(|| format!("unknown class {text:?}"))?;
-        let needs_who = matches!(
-            kind,
-            ClassKind::ProxyOpen | ClassKind::Prefetch | ClassKind::LinkScanner
-        );
-        match who {
-            None if needs_who => Err(format!("class {text:?} needs a `:<who>`")),
-            Some(_) if kind == ClassKind::Human => Err("class \"human\" takes no `:<who>`".into()),
-            Some(who) if !valid_who(who) => Err(format!(
-                "{who:?} in {text:?} must be 1-32 characters of a-z, 0-9, _ - ."
-            )),
-            _ => Ok(Class {
-                kind,
-                who: who.map(Arc::from),
-            }),
-        }
-    }
-}
-
-fn valid_who(who: &str) -> bool {
-    (1..=32).contains(&who.len())
-        && who
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
-}
-
-/// The class and the reason that decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub class: Class,
-    pub reason: Arc<str>,
-}
 
 /// What the classifier needs to know about one request.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +56,8 @@ struct Reasons {
     head: Arc<str>,
     fast_click: Arc<str>,
     burst: Arc<str>,
+    trap_link: Arc<str>,
+    trap_network: Arc<str>,
     none: Arc<str>,
 }
 
@@ -216,6 +95,8 @@ impl Classifier {
                 head: Arc::from("head_request"),
                 fast_click: Arc::from("fast_click_from_datacenter"),
                 burst: Arc::from("click_burst"),
+                trap_link: Arc::from("trap_link"),
+                trap_network: Arc::from("trap_network"),
                 none: Arc::from("no_signal"),
             },
         }
@@ -293,6 +174,22 @@ impl Classifier {
         Verdict {
             class: Class::new(ClassKind::LinkScanner, "burst"),
             reason: self.reasons.burst.clone(),
+        }
+    }
+
+    /// The verdict for a hit on a trap link: no person follows one.
+    pub fn trap_link(&self) -> Verdict {
+        Verdict {
+            class: Class::new(ClassKind::LinkScanner, "trap"),
+            reason: self.reasons.trap_link.clone(),
+        }
+    }
+
+    /// The verdict for a click from the network that followed the message's trap.
+    pub fn trap_network(&self) -> Verdict {
+        Verdict {
+            class: Class::new(ClassKind::LinkScanner, "trap"),
+            reason: self.reasons.trap_network.clone(),
         }
     }
 }

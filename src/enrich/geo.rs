@@ -51,24 +51,35 @@ impl DbKind {
             DbKind::Asn => "asn",
         }
     }
+
+    /// The config key that names this database's file, for error messages.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            DbKind::City => "geoip.city_db",
+            DbKind::Asn => "geoip.asn_db",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
-    #[error("cannot read GeoIP database {path}: {source}")]
+    #[error("config key `{key}`: cannot read the GeoIP database {path}: {source}")]
     Read {
+        key: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("GeoIP database {path} is larger than 1 GiB")]
-    TooLarge { path: PathBuf },
-    #[error("GeoIP database {path} is not a valid MaxMind DB: {source}")]
+    #[error("config key `{key}`: the GeoIP database {path} is larger than 1 GiB")]
+    TooLarge { key: &'static str, path: PathBuf },
+    #[error("config key `{key}`: {path} is not a valid MaxMind DB: {source}")]
     Invalid {
+        key: &'static str,
         path: PathBuf,
         source: MaxMindDbError,
     },
-    #[error("GeoIP database {path} is of type {found:?}; expected a {want} database")]
+    #[error("config key `{key}`: {path} is a {found:?} database; expected a {want} database")]
     WrongType {
+        key: &'static str,
         path: PathBuf,
         found: String,
         want: &'static str,
@@ -214,7 +225,9 @@ pub struct Db {
 /// Copies, maps, parses and verifies one database file; `copies` is the directory
 /// for the private copy (the edge's data dir).
 pub fn load(kind: DbKind, path: &Path, copies: &Path) -> Result<Reader<Mmap>, GeoError> {
+    let key = kind.config_key();
     let read_err = |source| GeoError::Read {
+        key,
         path: path.to_owned(),
         source,
     };
@@ -222,14 +235,17 @@ pub fn load(kind: DbKind, path: &Path, copies: &Path) -> Result<Reader<Mmap>, Ge
     let len = file.metadata().map_err(read_err)?.len();
     if len > MAX_DB_BYTES {
         return Err(GeoError::TooLarge {
+            key,
             path: path.to_owned(),
         });
     }
     let copy = mapped::private_copy(&mut file, copies).map_err(|source| GeoError::Read {
+        key,
         path: copies.to_owned(),
         source,
     })?;
     let invalid = |source| GeoError::Invalid {
+        key,
         path: path.to_owned(),
         source,
     };
@@ -245,6 +261,7 @@ pub fn load(kind: DbKind, path: &Path, copies: &Path) -> Result<Reader<Mmap>, Ge
     };
     if !ok {
         return Err(GeoError::WrongType {
+            key,
             path: path.to_owned(),
             found: reader.metadata().database_type.clone(),
             want,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::cidr::CidrSet;
-use super::classify::{Class, Verdict};
+use super::verdict::{Class, Verdict};
 use crate::token::Kind;
 
 pub const BUILT_IN_RULES: &str = include_str!("../../config/classify-rules.toml");

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{Batch, BoxFuture, Outcome, Sink};
+use super::{Batch, BoxFuture, Failure, Outcome, Sink};
 use crate::config::FileSinkConfig;
 
 pub struct FileSink {
@@ -117,6 +117,10 @@ impl State {
 }
 
 impl Sink for FileSink {
+    fn failure_reasons(&self) -> &'static [Failure] {
+        &[Failure::Io]
+    }
+
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         let state = self.state.clone();
         let lines = batch.ndjson.clone();
@@ -133,12 +137,12 @@ impl Sink for FileSink {
                 Ok(Err(err)) => {
                     tracing::warn!(error = %err, "file sink write failed; will retry");
                     Outcome::Retry {
-                        reason: "io",
+                        reason: Failure::Io,
                         after: None,
                     }
                 }
                 Err(_) => Outcome::Retry {
-                    reason: "io",
+                    reason: Failure::Io,
                     after: None,
                 },
             }

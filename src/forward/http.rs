@@ -2,7 +2,8 @@
 //! over HTTP/1.1, plain or TLS (rustls; the system's roots or a configured CA file).
 //!
 //! Each request carries `Idempotency-Key: <batch id>` (the same on every retry of the
-//! batch), the configured bearer token and extra headers. Connections are kept alive
+//! batch), the configured bearer token and extra headers, and with a signing secret
+//! file the Standard Webhooks headers ([`super::signing`]). Connections are kept alive
 //! in a small pool, one per lane in flight. The status decides the outcome
 //! ([`classify_status`]); connection errors and timeouts are retried.
 
@@ -20,18 +21,36 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::retry::{classify_status, parse_retry_after, Outcome};
+use super::retry::{classify_status, parse_retry_after, Failure, Outcome};
+use super::signing::{Signer, SigningError};
 use super::{Batch, BoxFuture, Sink};
 use crate::config::HttpSinkConfig;
+use crate::event::now_ms;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 /// The most of an upstream's answer body read (to reuse the connection).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// What [`classify_status`] gives (`STATUS_FAILURES`), and the connection's failures.
+const FAILURES: [Failure; 8] = [
+    Failure::Status408,
+    Failure::Status429,
+    Failure::Status5xx,
+    Failure::Status3xx,
+    Failure::Status4xx,
+    Failure::Connect,
+    Failure::Timeout,
+    Failure::Io,
+];
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSinkError {
+    #[error(transparent)]
+    Signing(#[from] SigningError),
     #[error("forward.http.ca_file {path}: {message}")]
     CaFile {
         path: std::path::PathBuf,
@@ -50,6 +69,7 @@ pub struct HttpSink {
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     gzip: bool,
+    signer: Option<Signer>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
@@ -95,11 +115,16 @@ impl HttpSink {
             headers,
             timeout: config.timeout,
             gzip: config.gzip,
+            signer: config
+                .signing_secret_file
+                .as_deref()
+                .map(Signer::open)
+                .transpose()?,
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
         loop {
             let cached = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match cached {
@@ -110,7 +135,7 @@ impl HttpSink {
         }
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|_| "connect")?;
+            .map_err(|_| Failure::Connect)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => handshake(TokioIo::new(tcp)).await,
@@ -118,7 +143,7 @@ impl HttpSink {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|_| "connect")?;
+                    .map_err(|_| Failure::Connect)?;
                 handshake(TokioIo::new(stream)).await
             }
         }
@@ -132,12 +157,16 @@ impl HttpSink {
         let mut sender = match tokio::time::timeout(self.timeout, self.connection()).await {
             Ok(Ok(sender)) => sender,
             Ok(Err(reason)) => return retry(reason),
-            Err(_) => return retry("timeout"),
+            Err(_) => return retry(Failure::Timeout),
         };
         let body = match (&batch.gzip, self.gzip) {
             (Some(gzip), true) => gzip.clone(),
             _ => batch.ndjson.clone(),
         };
+        let signature = self.signer.as_ref().map(|signer| {
+            let timestamp = now_ms() / 1000;
+            (timestamp, signer.sign(&batch.id, timestamp, &body))
+        });
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.path.clone();
@@ -155,7 +184,16 @@ impl HttpSink {
             HeaderValue::from_static(concat!("trackedge/", env!("CARGO_PKG_VERSION"))),
         );
         if let Ok(key) = HeaderValue::from_str(&batch.id) {
+            if signature.is_some() {
+                headers.insert(WEBHOOK_ID, key.clone());
+            }
             headers.insert(IDEMPOTENCY_KEY, key);
+        }
+        if let Some((timestamp, signature)) = signature {
+            headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+            if let Ok(value) = HeaderValue::from_str(&signature) {
+                headers.insert(WEBHOOK_SIGNATURE, value);
+            }
         }
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
@@ -163,8 +201,8 @@ impl HttpSink {
         let response = match tokio::time::timeout(self.timeout, sender.send_request(request)).await
         {
             Ok(Ok(response)) => response,
-            Ok(Err(_)) => return retry("io"),
-            Err(_) => return retry("timeout"),
+            Ok(Err(_)) => return retry(Failure::Io),
+            Err(_) => return retry(Failure::Timeout),
         };
         let status = response.status();
         let retry_after = response
@@ -187,13 +225,13 @@ impl HttpSink {
     }
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, &'static str>
+async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, Failure>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|_| "connect")?;
+        .map_err(|_| Failure::Connect)?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "upstream connection closed");
@@ -250,5 +288,22 @@ impl Sink for HttpSink {
 
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Outcome> {
         Box::pin(self.attempt(batch))
+    }
+
+    fn failure_reasons(&self) -> &'static [Failure] {
+        &FAILURES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::retry::STATUS_FAILURES;
+    use super::*;
+
+    #[test]
+    fn every_status_reason_is_a_failure_reason() {
+        for reason in STATUS_FAILURES {
+            assert!(FAILURES.contains(&reason), "{reason:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! next, and the circuit that stops every lane from hammering a dead upstream.
 //!
 //! All pure: time and randomness come in as arguments so the rules are unit-tested.
+//! (Only [`Failure::counter`] names a metric.)
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +13,65 @@ pub enum Outcome {
     Delivered,
     /// Try again later (after `after` if the upstream said so).
     Retry {
-        reason: &'static str,
+        reason: Failure,
         after: Option<Duration>,
     },
     /// The upstream will never take this batch: dead-letter it.
-    Rejected { reason: &'static str },
+    Rejected { reason: Failure },
+}
+
+/// Why an attempt failed (or a segment could not be sent at all); `as_str` is the
+/// `reason` label of `trackedge_forward_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Status408,
+    Status429,
+    Status5xx,
+    Status3xx,
+    Status4xx,
+    Connect,
+    Timeout,
+    Io,
+    CorruptRecord,
+    KafkaRejected,
+    KafkaError,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 11] = [
+        Failure::Status408,
+        Failure::Status429,
+        Failure::Status5xx,
+        Failure::Status3xx,
+        Failure::Status4xx,
+        Failure::Connect,
+        Failure::Timeout,
+        Failure::Io,
+        Failure::CorruptRecord,
+        Failure::KafkaRejected,
+        Failure::KafkaError,
+    ];
+
+    /// The counter of this reason.
+    pub fn counter(self) -> metrics::Counter {
+        metrics::counter!(crate::metrics::FORWARD_FAILURES_TOTAL, "reason" => self.as_str())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Status408 => "status_408",
+            Failure::Status429 => "status_429",
+            Failure::Status5xx => "status_5xx",
+            Failure::Status3xx => "status_3xx",
+            Failure::Status4xx => "status_4xx",
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Io => "io",
+            Failure::CorruptRecord => "corrupt_record",
+            Failure::KafkaRejected => "kafka_rejected",
+            Failure::KafkaError => "kafka_error",
+        }
+    }
 }
 
 /// Maps an upstream HTTP answer to an outcome: 2xx delivered; 408, 429 and 5xx
@@ -25,39 +80,33 @@ pub fn classify_status(status: http::StatusCode, retry_after: Option<Duration>) 
     match status.as_u16() {
         200..=299 => Outcome::Delivered,
         408 => Outcome::Retry {
-            reason: "status_408",
+            reason: Failure::Status408,
             after: retry_after,
         },
         429 => Outcome::Retry {
-            reason: "status_429",
+            reason: Failure::Status429,
             after: retry_after,
         },
         500..=599 => Outcome::Retry {
-            reason: "status_5xx",
+            reason: Failure::Status5xx,
             after: retry_after,
         },
         300..=399 => Outcome::Rejected {
-            reason: "status_3xx",
+            reason: Failure::Status3xx,
         },
         _ => Outcome::Rejected {
-            reason: "status_4xx",
+            reason: Failure::Status4xx,
         },
     }
 }
 
-/// Every `reason` an [`Outcome`] can carry; the metric's label set.
-pub const FAILURE_REASONS: [&str; 11] = [
-    "status_408",
-    "status_429",
-    "status_5xx",
-    "status_3xx",
-    "status_4xx",
-    "connect",
-    "timeout",
-    "io",
-    "corrupt_record",
-    "kafka_rejected",
-    "kafka_error",
+/// Every failure [`classify_status`] gives.
+pub const STATUS_FAILURES: [Failure; 5] = [
+    Failure::Status408,
+    Failure::Status429,
+    Failure::Status5xx,
+    Failure::Status3xx,
+    Failure::Status4xx,
 ];
 
 /// `Retry-After` in delta-seconds (HTTP dates are rare from APIs and ignored),
@@ -121,6 +170,11 @@ impl Circuit {
         }
     }
 
+    /// A permit that was not used (nothing was left to send): another lane may probe.
+    pub fn unused(&mut self) {
+        self.probing = false;
+    }
+
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.open_until = None;
@@ -147,6 +201,19 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_reason_is_listed() {
+        for code in 100..=599 {
+            let status = http::StatusCode::from_u16(code).unwrap();
+            match classify_status(status, None) {
+                Outcome::Delivered => {}
+                Outcome::Retry { reason, .. } | Outcome::Rejected { reason } => {
+                    assert!(STATUS_FAILURES.contains(&reason), "{code}: {reason:?}")
+                }
+            }
+        }
+    }
     use http::StatusCode;
 
     #[test]
@@ -160,14 +227,14 @@ mod tests {
         assert_eq!(
             classify_status(StatusCode::TOO_MANY_REQUESTS, after),
             Outcome::Retry {
-                reason: "status_429",
+                reason: Failure::Status429,
                 after
             }
         );
         assert!(matches!(
             classify_status(StatusCode::SERVICE_UNAVAILABLE, None),
             Outcome::Retry {
-                reason: "status_5xx",
+                reason: Failure::Status5xx,
                 ..
             }
         ));
@@ -179,7 +246,7 @@ mod tests {
             assert_eq!(
                 classify_status(StatusCode::from_u16(status).unwrap(), None),
                 Outcome::Rejected {
-                    reason: "status_4xx"
+                    reason: Failure::Status4xx
                 },
                 "{status}"
             );
@@ -229,6 +296,12 @@ mod tests {
         let later = start + open_for;
         assert_eq!(circuit.permit(later), Permit::Go, "one probe");
         assert_eq!(circuit.permit(later), Permit::Wait(PROBE_WAIT), "only one");
+        circuit.unused();
+        assert_eq!(
+            circuit.permit(later),
+            Permit::Go,
+            "an unused probe passes on"
+        );
         circuit.on_failure(later);
         assert_eq!(
             circuit.permit(later),

@@ -2,12 +2,15 @@
 //!
 //! The only locations this module ever sends are a verified token's target (checked
 //! again here) and the configured fallback; nothing from the request can become one.
+//! The click path also serves trap links (tokens of kind `trap`, which carry no
+//! target): they are recorded (the verdict stage calls them `link_scanner:trap`) and
+//! answered like a link that is not found, so nothing tells them apart from clicks.
 
 use std::net::IpAddr;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 
-use super::{record, require_get_or_head, response, verify, Edge, Hit, HttpError, RouteName};
+use super::{record, require_get_or_head, response, verify_any, Edge, Hit, HttpError, RouteName};
 use crate::event::now_ms;
 use crate::token::Kind;
 
@@ -19,10 +22,10 @@ pub(super) fn answer<B>(
     kind: Kind,
 ) -> Result<Response<response::Body>, HttpError> {
     let head = require_get_or_head(request)?;
-    let route = if kind == Kind::Download {
-        RouteName::Download
+    let (route, kinds): (_, &[Kind]) = if kind == Kind::Download {
+        (RouteName::Download, &[Kind::Download])
     } else {
-        RouteName::Click
+        (RouteName::Click, &[Kind::Click, Kind::Trap])
     };
     let hit = Hit {
         at_ms: now_ms(),
@@ -30,9 +33,13 @@ pub(super) fn answer<B>(
         headers: request.headers(),
         head,
     };
-    let location = verify(edge, route, token, kind, &hit)
+    let location = verify_any(edge, route, token, kinds, hit.now_secs())
         .ok()
         .and_then(|claims| {
+            if claims.kind == Kind::Trap {
+                record(edge, claims, &hit);
+                return None;
+            }
             let location = claims
                 .target
                 .as_deref()

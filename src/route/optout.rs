@@ -9,7 +9,7 @@
 use http::header::SET_COOKIE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use super::{response, verify, Edge, Hit, HttpError, RouteName};
+use super::{response, verify, Edge, HttpError, RouteName};
 use crate::event::now_ms;
 use crate::privacy::cookie;
 use crate::token::Kind;
@@ -65,13 +65,8 @@ pub(super) fn sender<B>(
     if !matches!(*request.method(), Method::GET | Method::HEAD | Method::POST) {
         return Err(HttpError::MethodNotAllowed(GET_HEAD_POST));
     }
-    let hit = Hit {
-        at_ms: now_ms(),
-        peer: std::net::IpAddr::from([0, 0, 0, 0]),
-        headers: request.headers(),
-        head: false,
-    };
-    let Ok(claims) = verify(edge, RouteName::Sender, token, Kind::Sender, &hit) else {
+    let now_secs = now_ms() / 1000;
+    let Ok(claims) = verify(edge, RouteName::Sender, token, Kind::Sender, now_secs) else {
         return Ok(response::html(
             StatusCode::NOT_FOUND,
             response::LINK_NOT_FOUND_PAGE,

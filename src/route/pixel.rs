@@ -22,7 +22,7 @@ pub(super) fn answer<B>(
         headers: request.headers(),
         head,
     };
-    if let Ok(claims) = verify(edge, RouteName::Pixel, token, Kind::Open, &hit) {
+    if let Ok(claims) = verify(edge, RouteName::Pixel, token, Kind::Open, hit.now_secs()) {
         record(edge, claims, &hit);
     }
     Ok(response::pixel())

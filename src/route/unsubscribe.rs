@@ -1,7 +1,98 @@
-//! RFC 8058 one-click unsubscribe: does a POST body say `List-Unsubscribe=One-Click`?
+//! `GET|HEAD|POST /u/{token}`: RFC 8058 one-click unsubscribe.
 //!
-//! Mail providers send it as `application/x-www-form-urlencoded` (most) or
-//! `multipart/form-data`; both are accepted, anything else is not a one-click request.
+//! A GET shows a confirmation page and records nothing (link scanners fetch every
+//! URL in a mail); a POST whose body says `List-Unsubscribe=One-Click` is recorded,
+//! always (see `route::record`). Mail providers send the body as
+//! `application/x-www-form-urlencoded` (most) or `multipart/form-data`; both are
+//! accepted, anything else is not a one-click request. The body is read with a size
+//! limit and a deadline; a declared length over the limit is refused at once.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+
+use super::{record, response, verify, Edge, Hit, HttpError, RouteName};
+use crate::event::now_ms;
+use crate::token::Kind;
+
+const GET_HEAD_POST: &str = "GET, HEAD, POST";
+
+pub(super) async fn answer<B>(
+    edge: &Edge,
+    request: Request<B>,
+    token: &str,
+    peer: IpAddr,
+) -> Result<Response<response::Body>, HttpError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let post = match *request.method() {
+        Method::GET | Method::HEAD => false,
+        Method::POST => true,
+        _ => return Err(HttpError::MethodNotAllowed(GET_HEAD_POST)),
+    };
+    let (parts, body) = request.into_parts();
+    let hit = Hit {
+        at_ms: now_ms(),
+        peer,
+        headers: &parts.headers,
+        head: parts.method == Method::HEAD,
+    };
+    let claims = match verify(
+        edge,
+        RouteName::Unsubscribe,
+        token,
+        Kind::Unsubscribe,
+        hit.now_secs(),
+    ) {
+        Ok(claims) => claims,
+        Err(_) => {
+            return Ok(response::html(
+                StatusCode::NOT_FOUND,
+                response::LINK_NOT_FOUND_PAGE,
+            ))
+        }
+    };
+    if !post {
+        return Ok(response::html(
+            StatusCode::OK,
+            response::UNSUBSCRIBE_CONFIRM_PAGE,
+        ));
+    }
+    let body = read_body(body, edge.max_body_bytes, edge.body_timeout).await?;
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !is_one_click(content_type, &body) {
+        return Err(HttpError::NotOneClick);
+    }
+    record(edge, claims, &hit);
+    Ok(response::html(StatusCode::OK, response::UNSUBSCRIBED_PAGE))
+}
+
+async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<bytes::Bytes, HttpError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    // A declared length over the limit is refused at once, not after waiting for
+    // a body the client may never send.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::BodyTooLarge)
+        }
+        Ok(Err(_)) | Err(_) => Err(HttpError::BodyUnreadable),
+    }
+}
 
 /// True when `body` (of the given Content-Type) carries `List-Unsubscribe=One-Click`.
 pub fn is_one_click(content_type: Option<&str>, body: &[u8]) -> bool {

@@ -3,7 +3,9 @@
 //! library API with the key file the server generated.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod mmdb;
+pub mod tools;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -206,19 +208,24 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The claims fixture: tenant `acme`, campaign `launch`, recipient `rcpt-1`, and a
+/// target for clicks and downloads. Tests change what they need with struct update.
 pub fn claims(kind: Kind, message: &str) -> Claims {
     Claims {
-        kind,
-        tenant: "acme".into(),
-        campaign: "launch".into(),
-        message: message.into(),
         recipient: Some("rcpt-1".into()),
         link: if kind.has_target() { 2 } else { 0 },
         target: kind
             .has_target()
             .then(|| "https://shop.example/landing?x=1".to_owned()),
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(kind, "acme", "launch", message)
+    }
+}
+
+/// [`claims`] of another recipient.
+pub fn claims_of(kind: Kind, recipient: &str, message: &str) -> Claims {
+    Claims {
+        recipient: Some(recipient.into()),
+        ..claims(kind, message)
     }
 }
 
@@ -247,6 +254,22 @@ pub fn request_with(method: &str, path: &str, headers: &[(&str, &str)]) -> Reque
         );
     }
     request
+}
+
+/// An HTTP/1.1 keep-alive connection to `addr`, driven in the background: send
+/// requests one after another with the returned sender.
+pub async fn keep_alive(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// One request on a fresh plain-TCP connection: HTTP/1.1 or h2c (prior knowledge).

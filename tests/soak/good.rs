@@ -14,8 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use trackedge::{Claims, KeyRing, Kind};
 
@@ -104,15 +102,11 @@ async fn lane(load: Arc<GoodLoad>, fresh: bool, period: Duration, until: Instant
         let kind = if n % 2 == 0 { Kind::Open } else { Kind::Click };
         let target = format!("https://shop.example/landing?m={message}");
         let claims = Claims {
-            kind,
-            tenant: "acme".into(),
             campaign: "soak".into(),
-            message: message.clone(),
             recipient: Some(format!("rcpt-{n}")),
             link: u32::from(kind == Kind::Click),
             target: (kind == Kind::Click).then(|| target.clone()),
-            expires_at: None,
-            sent_at: None,
+            ..crate::common::claims(kind, &message)
         };
         let path = trackedge::mint_url("", &load.keys, &claims).expect("sign");
         let request =
@@ -167,15 +161,7 @@ async fn lane(load: Arc<GoodLoad>, fresh: bool, period: Duration, until: Instant
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
+    crate::common::keep_alive(addr).await
 }
 
 fn check(

@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -330,12 +329,7 @@ async fn rapid_reset(addr: SocketAddr, rate: u32, stats: &Stats) {
 }
 
 async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await.ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    Some(sender)
+    crate::common::keep_alive(addr).await.ok()
 }
 
 /// One request on a kept-alive connection (reconnecting when needed): status,
@@ -373,17 +367,13 @@ async fn send(
 
 fn claims(kind: Kind, message: String) -> Claims {
     Claims {
-        kind,
-        tenant: "acme".into(),
         campaign: "hostile".into(),
-        message,
         recipient: None,
         link: 1,
         target: kind
             .has_target()
             .then(|| "https://evil.example/".to_owned()),
-        expires_at: None,
-        sent_at: None,
+        ..crate::common::claims(kind, &message)
     }
 }
 

@@ -1,0 +1,369 @@
+//! Unit tests of the spool: group commits, bounds, leases, erasure, the barrier.
+use super::*;
+use crate::config::{Durability, FullPolicy};
+use crate::event::EventId;
+use crate::health::Health;
+use crate::record::SegmentWriter;
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+fn event(n: u128, ts: u64) -> Event {
+    Event::sample(n, ts)
+}
+
+fn config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        dir: dir.join("spool"),
+        channel_capacity: NonZeroUsize::new(10_000).unwrap(),
+        max_batch_events: NonZeroUsize::new(100).unwrap(),
+        max_batch_bytes: 1 << 20,
+        batch_delay: Duration::from_millis(1),
+        durability: Durability::Interval(Duration::from_millis(20)),
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(3600),
+        full_policy: FullPolicy::DropOldest,
+        cache_bytes: 8 << 20,
+        hold_back: Duration::ZERO,
+    }
+}
+
+/// Bytes of a segment of `n` test events (all the same size).
+fn segment_size(n: u128) -> u64 {
+    let mut segment = SegmentWriter::new();
+    for i in 0..n {
+        segment.push(&event(10 + i, now_ms())).unwrap();
+    }
+    segment.finish().len() as u64
+}
+
+fn messages(spool: &Spool) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in spool.store.iter() {
+        let (_, bytes) = entry.unwrap();
+        for record in record::decode(&bytes).unwrap().records().unwrap() {
+            let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
+            out.push(json["message"].as_str().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+async fn run(config: &SpoolConfig, events: impl IntoIterator<Item = Event>) -> Arc<Spool> {
+    let health = Health::new();
+    // A reopen may find sled still letting go of the directory lock: wait a bit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (sender, writer, spool) = loop {
+        match start(config, health.register("w", Duration::from_secs(5))) {
+            Ok(started) => break started,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(err) => panic!("cannot start the spool: {err}"),
+        }
+    };
+    for event in events {
+        sender.send(event).unwrap();
+    }
+    writer.finish().await;
+    assert_eq!(sender.send(event(0, 0)), Err(DropReason::WriterStopped));
+    spool
+}
+
+#[tokio::test]
+async fn finish_commits_every_queued_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let now = now_ms();
+    let spool = run(&config, (0..1000).map(|n| event(n, now))).await;
+    assert_eq!(spool.records(), 1000);
+    let kept = messages(&spool);
+    assert_eq!(kept.len(), 1000);
+    assert_eq!(kept[0], "m0");
+    assert_eq!(kept[999], "m999");
+    let segments = spool.store.iter().count();
+    assert!(
+        segments < 200,
+        "group commits: {segments} segments for 1000 events"
+    );
+    drop(spool);
+    // Reopened, the counts are found again and the numbering continues.
+    let spool = run(&config, [event(5000, now)]).await;
+    assert_eq!(spool.records(), 1001);
+    assert_eq!(messages(&spool).last().unwrap(), "m5000");
+}
+
+#[tokio::test]
+async fn drop_newest_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.full_policy = FullPolicy::DropNewest;
+    config.max_bytes = segment_size(10) + 10;
+    let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
+    assert_eq!(spool.records(), 10);
+    assert_eq!(messages(&spool)[0], "m0", "the oldest are kept");
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(1).unwrap();
+    config.max_bytes = segment_size(1) * 10 + 10;
+    let spool = run(&config, (0..25).map(|n| event(n, now_ms()))).await;
+    assert_eq!(spool.records(), 10);
+    assert!(spool.snapshot().bytes <= config.max_bytes);
+    assert_eq!(messages(&spool)[0], "m15", "the newest are kept");
+}
+
+#[tokio::test]
+async fn events_older_than_max_age_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_age = Duration::from_secs(60);
+    let now = now_ms();
+    let health = Health::new();
+    let (sender, writer, spool) =
+        start(&config, health.register("w", Duration::from_secs(5))).unwrap();
+    for n in 0..5 {
+        sender.send(event(n, now - 3_600_000)).unwrap();
+    }
+    // A segment goes when its newest event is too old: keep the fresh ones apart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.store.iter().count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for n in 5..8 {
+        sender.send(event(n, now)).unwrap();
+    }
+    // Housekeeping runs once a second; wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.records() != 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.finish().await;
+    assert_eq!(spool.records(), 3);
+}
+
+#[test]
+fn rate_limited_log_reports_the_count_in_between() {
+    let mut log = RateLimitedLog::default();
+    assert_eq!(log.add(3), Some(3));
+    assert_eq!(log.add(2), None);
+    assert_eq!(log.add(4), None);
+    log.last = Some(Instant::now() - Duration::from_secs(11));
+    assert_eq!(log.add(1), Some(7));
+}
+
+#[test]
+fn a_full_channel_drops_instead_of_waiting() {
+    let (channel, _receiver) = sync_channel(1);
+    let sender = EventSender {
+        channel,
+        depth: Arc::new(AtomicUsize::new(0)),
+        dropped_full: Counter::noop(),
+        dropped_stopped: Counter::noop(),
+    };
+    assert_eq!(sender.send(event(1, 0)), Ok(()));
+    assert_eq!(sender.send(event(2, 0)), Err(DropReason::ChannelFull));
+    assert_eq!(sender.depth.load(Ordering::Relaxed), 1);
+}
+
+/// A running spool for lease tests; events are committed one per segment.
+async fn running(config: &SpoolConfig) -> (EventSender, Writer, Arc<Spool>, crate::health::Health) {
+    let health = Health::new();
+    let (sender, writer, spool) =
+        start(config, health.register("w", Duration::from_secs(5))).unwrap();
+    (sender, writer, spool, health)
+}
+
+async fn committed(sender: &EventSender, events: impl IntoIterator<Item = Event>) {
+    for event in events {
+        sender.send(event).unwrap();
+    }
+    sender.committed(Duration::from_secs(10)).await.unwrap();
+}
+
+fn lease_messages(lease: &Lease) -> Vec<String> {
+    lease
+        .records()
+        .map(|record| {
+            let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
+            json["message"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_barrier_returns_once_everything_queued_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.batch_delay = Duration::from_millis(40);
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (0..100).map(|n| event(n, now))).await;
+    assert_eq!(spool.records(), 100, "no event still in the channel");
+    writer.finish().await;
+    // A stopped writer drained everything first: the barrier holds at once.
+    assert_eq!(sender.committed(Duration::from_secs(1)).await, Ok(()));
+}
+
+#[tokio::test]
+async fn eviction_never_takes_a_leased_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(1).unwrap();
+    config.max_bytes = segment_size(1) * 10 + 10;
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (0..5).map(|n| event(n, now))).await;
+    let leased = spool.lease(0, 2, usize::MAX).unwrap();
+    let lease = leased.lease.expect("segments to lease");
+    assert_eq!(lease_messages(&lease), ["m0", "m1"]);
+    committed(&sender, (5..30).map(|n| event(n, now))).await;
+    // The oldest unleased went instead; the leased two are still there to deliver.
+    let kept = messages(&spool);
+    assert_eq!(&kept[..2], ["m0", "m1"]);
+    assert_eq!(kept.len(), 10);
+    assert_eq!(lease.acknowledge().unwrap(), 2);
+    assert_eq!(spool.records(), 8);
+    writer.finish().await;
+}
+
+#[tokio::test]
+async fn an_erasure_reaches_a_leased_segment_and_the_lease_reads_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (0..10).map(|n| event(n, now))).await;
+    let mut lease = spool.lease(0, 100, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease.events(), 10);
+    assert!(!lease.is_stale());
+    let erased = spool
+        .erase_where(|json| std::str::from_utf8(json).unwrap().contains("\"m3\""))
+        .await
+        .unwrap();
+    assert_eq!(
+        erased,
+        Erased {
+            events: 1,
+            dead_letters: 0
+        }
+    );
+    assert!(lease.is_stale());
+    assert!(lease.refresh().unwrap());
+    assert_eq!(lease.events(), 9);
+    assert!(!lease_messages(&lease).contains(&"m3".to_owned()));
+    assert_eq!(lease.acknowledge().unwrap(), 9);
+    assert_eq!(spool.records(), 0);
+    writer.finish().await;
+}
+
+#[tokio::test]
+async fn a_lease_drops_its_records_past_retention_before_a_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_age = Duration::from_secs(1);
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, [event(1, now - 700), event(2, now)]).await;
+    let mut lease = spool.lease(0, 100, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease.events(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lease.is_stale() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(lease.refresh().unwrap());
+    assert_eq!(
+        lease_messages(&lease),
+        ["m2"],
+        "the older one expired first"
+    );
+    assert_eq!(spool.records(), 1);
+    drop(lease);
+    // Released: the spool's own housekeeping may now take the rest when it expires.
+    assert!(spool.guard().leased.is_empty());
+    writer.finish().await;
+}
+
+#[test]
+fn drop_reasons_index_their_place_in_all() {
+    for (at, reason) in DropReason::ALL.iter().enumerate() {
+        assert_eq!(reason.index(), at);
+    }
+}
+
+#[tokio::test]
+async fn hold_back_keeps_young_segments_from_the_forwarder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.hold_back = Duration::from_secs(60);
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, [event(1, now - 120_000)]).await;
+    committed(&sender, [event(2, now)]).await;
+    let lease = spool.lease(0, 100, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease_messages(&lease), ["m1"], "the young one waits");
+    drop(lease);
+    writer.finish().await;
+}
+
+fn relabel_of(ids: &[u128]) -> Relabel {
+    let class: crate::enrich::verdict::Class = "link_scanner:burst".parse().unwrap();
+    Relabel {
+        ids: ids.iter().map(|&n| EventId(n)).collect(),
+        class: class.clone(),
+        reason: "click_burst".into(),
+        reclassify: Event::reclassify(
+            EventId(1 << 100),
+            now_ms(),
+            &event(0, 0),
+            Vec::new(),
+            class,
+            "click_burst".into(),
+        ),
+    }
+}
+
+fn classes(spool: &Spool) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in spool.store.iter() {
+        let (_, bytes) = entry.unwrap();
+        for record in record::decode(&bytes).unwrap().records().unwrap() {
+            let json: serde_json::Value = serde_json::from_slice(record.json).unwrap();
+            out.push((
+                json["message"].as_str().unwrap().to_owned(),
+                json["class"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_relabel_rewrites_held_events_and_names_the_ones_that_may_have_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(1).unwrap();
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (1..=4).map(|n| event(n, now))).await;
+    let lease = spool.lease(0, 1, usize::MAX).unwrap().lease.unwrap();
+    assert_eq!(lease_messages(&lease), ["m1"]);
+    // 1 is in flight, 2 and 3 are held, 99 is gone.
+    let reclassify = spool.relabel(&relabel_of(&[1, 2, 3, 99])).unwrap().unwrap();
+    assert_eq!(reclassify.ids, [EventId(1), EventId(99)]);
+    assert_eq!(reclassify.kind.as_str(), "reclassify");
+    let classes = classes(&spool);
+    assert_eq!(classes[0], ("m1".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[1], ("m2".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[2], ("m3".into(), "link_scanner:burst".into()));
+    assert_eq!(classes[3], ("m4".into(), "human".into()));
+    assert!(lease.is_stale(), "the lease reads its segment again");
+    assert!(
+        spool.relabel(&relabel_of(&[4])).unwrap().is_none(),
+        "all held"
+    );
+    drop(lease);
+    writer.finish().await;
+}

@@ -1,0 +1,277 @@
+//! The writer thread: drains the hand-off channel into group commits, fsyncs as the
+//! durability mode says, and enforces the size and age bounds.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
+
+use super::{DropReason, Handoff, Relabel, Spool};
+use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::health::Heartbeat;
+use crate::metrics as m;
+use crate::record::SegmentWriter;
+use crate::store::Seq;
+
+/// The longest the writer sleeps between looks at the stop flag and the clock.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+/// The shortest: below this a sleeping writer is a spinning writer.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
+/// How often age bounds and gauges are refreshed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// The writer thread; [`Writer::finish`] stops it after draining the channel.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    pub(super) fn start(
+        receiver: Receiver<Handoff>,
+        spool: Arc<Spool>,
+        config: SpoolConfig,
+        depth: Arc<AtomicUsize>,
+        heartbeat: Heartbeat,
+        next_seq: Seq,
+    ) -> std::io::Result<Writer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = WriterTask {
+            receiver,
+            spool,
+            config,
+            depth,
+            stop: stop.clone(),
+            heartbeat,
+            next_seq,
+            unflushed_since: None,
+            last_housekeeping: Instant::now(),
+            written: metrics::counter!(m::EVENTS_WRITTEN_TOTAL),
+            batches: metrics::counter!(m::SPOOL_BATCHES_WRITTEN_TOTAL),
+            write_errors: metrics::counter!(m::EVENTS_WRITE_ERRORS_TOTAL),
+            flush_seconds: metrics::histogram!(m::SPOOL_FLUSH_DURATION_SECONDS),
+        };
+        task.spool.publish_gauges();
+        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || task.run())?;
+        Ok(Writer { stop, thread })
+    }
+
+    /// Drains what is queued into the store, fsyncs, then returns.
+    pub async fn finish(self) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("spool writer thread panicked; queued events may be lost");
+        }
+    }
+}
+
+struct WriterTask {
+    receiver: Receiver<Handoff>,
+    spool: Arc<Spool>,
+    config: SpoolConfig,
+    depth: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    heartbeat: Heartbeat,
+    next_seq: Seq,
+    unflushed_since: Option<Instant>,
+    last_housekeeping: Instant,
+    written: Counter,
+    batches: Counter,
+    write_errors: Counter,
+    flush_seconds: Histogram,
+}
+
+impl WriterTask {
+    fn run(mut self) {
+        loop {
+            // Never block in `recv`: a blocked receiver makes every `try_send` on the
+            // request path wake this thread, a context switch per request. Sleeping
+            // and draining costs one wake-up per `batch_delay` instead.
+            let disconnected = self.drain();
+            self.heartbeat.beat();
+            self.flush_if_due();
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                self.housekeeping();
+            }
+            if disconnected || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(self.pause());
+        }
+        // Whatever is still queued was answered: it goes to disk before we exit.
+        self.drain();
+        self.flush();
+        self.spool.publish_gauges();
+        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(0.0);
+    }
+
+    /// Commits everything queued, in segments, then answers the barriers met on the
+    /// way; true when every sender is gone.
+    fn drain(&mut self) -> bool {
+        let mut barriers = Vec::new();
+        let disconnected = loop {
+            let mut segment = SegmentWriter::new();
+            let (disconnected, full) = loop {
+                match self.receiver.try_recv() {
+                    Ok(Handoff::Event(event)) => {
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(err) = segment.push(&event) {
+                            self.failed(&err, 1);
+                            self.spool.dropped(DropReason::WriteFailed, 1);
+                        }
+                        if self.is_full(&segment) {
+                            break (false, true);
+                        }
+                    }
+                    Ok(Handoff::Barrier(done)) => barriers.push(done),
+                    Ok(Handoff::Relabel(relabel)) => {
+                        // What it names was queued before it: store that first.
+                        if !segment.is_empty() {
+                            self.commit(std::mem::take(&mut segment));
+                        }
+                        self.relabel(*relabel);
+                    }
+                    Err(TryRecvError::Empty) => break (false, false),
+                    Err(TryRecvError::Disconnected) => break (true, false),
+                }
+            };
+            if !segment.is_empty() {
+                self.commit(segment);
+            }
+            if disconnected || !full {
+                // `batch` durability: one fsync for everything this wake-up took,
+                // however many segments it made.
+                if self.config.durability == Durability::EveryBatch {
+                    self.flush();
+                }
+                break disconnected;
+            }
+        };
+        for done in barriers {
+            // The caller may have given up waiting; nothing to tell then.
+            let _ = done.send(());
+        }
+        disconnected
+    }
+
+    /// Relabels what the spool still holds; what may have left already is named
+    /// in a `reclassify` event instead.
+    fn relabel(&mut self, relabel: Relabel) {
+        match self.spool.relabel(&relabel) {
+            Ok(Some(reclassify)) => {
+                let mut segment = SegmentWriter::new();
+                match segment.push(&reclassify) {
+                    Ok(()) => self.commit(segment),
+                    Err(err) => self.failed(&err, 1),
+                }
+            }
+            Ok(None) => {}
+            Err(err) => self.failed(&err, 0),
+        }
+    }
+
+    fn is_full(&self, segment: &SegmentWriter) -> bool {
+        segment.len() >= self.config.max_batch_events.get()
+            || segment.bytes() >= self.max_segment_bytes()
+    }
+
+    /// A group commit is stored as segments no larger than the store keeps inline
+    /// ([`crate::store::MAX_INLINE_VALUE_BYTES`]; one event may overshoot it).
+    fn max_segment_bytes(&self) -> usize {
+        self.config
+            .max_batch_bytes
+            .min(crate::store::MAX_INLINE_VALUE_BYTES)
+    }
+
+    /// How long to sleep: one batch delay, or less when an fsync falls due sooner.
+    fn pause(&self) -> Duration {
+        let pause = self.config.batch_delay.clamp(MIN_PAUSE, STOP_CHECK);
+        match (self.unflushed_since, self.config.durability) {
+            (Some(since), Durability::Interval(every)) => every
+                .saturating_sub(since.elapsed())
+                .clamp(MIN_PAUSE, pause),
+            _ => pause,
+        }
+    }
+
+    fn commit(&mut self, mut segment: SegmentWriter) {
+        let held = self.spool.counts.bytes.load(Ordering::Relaxed);
+        let excess = (held + segment.bytes() as u64).saturating_sub(self.config.max_bytes);
+        if excess > 0 {
+            if self.config.full_policy == FullPolicy::DropOldest {
+                if let Err(err) = self.spool.evict_oldest(excess) {
+                    self.failed(&err, 0);
+                }
+            }
+            // Refuses the newest under drop_newest, and under drop_oldest whatever
+            // still does not fit once nothing unleased and older is left.
+            let held = self.spool.counts.bytes.load(Ordering::Relaxed);
+            let room = self.config.max_bytes.saturating_sub(held) as usize;
+            let refused = segment.truncate_to(room);
+            self.spool.dropped(DropReason::SpoolFull, refused as u64);
+        }
+        if segment.is_empty() {
+            return;
+        }
+        let events = segment.len() as u64;
+        let seq = self.next_seq;
+        match self.spool.append(seq, segment.finish(), events) {
+            Ok(()) => {
+                self.next_seq += 1;
+                self.written.increment(events);
+                self.batches.increment(1);
+                self.unflushed_since.get_or_insert_with(Instant::now);
+            }
+            Err(err) => {
+                self.failed(&err, events);
+                self.spool.dropped(DropReason::WriteFailed, events);
+            }
+        }
+    }
+
+    /// Drops what is past retention; refreshes gauges.
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Instant::now();
+        if let Err(err) = self.spool.expire() {
+            self.failed(&err, 0);
+        }
+        self.spool.publish_gauges();
+        metrics::gauge!(m::EVENTS_QUEUE_DEPTH).set(self.depth.load(Ordering::Relaxed) as f64);
+    }
+
+    fn flush_if_due(&mut self) {
+        if let (Some(since), Durability::Interval(every)) =
+            (self.unflushed_since, self.config.durability)
+        {
+            if since.elapsed() >= every {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.unflushed_since.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        match self.spool.store.flush() {
+            Ok(()) => {
+                self.flush_seconds.record(started.elapsed().as_secs_f64());
+                self.unflushed_since = None;
+            }
+            Err(err) => self.failed(&err, 0),
+        }
+    }
+
+    fn failed(&mut self, err: &dyn std::fmt::Display, events: u64) {
+        self.write_errors.increment(1);
+        tracing::error!(error = %err, events, "spool write failed; events may be lost");
+    }
+}
