@@ -254,7 +254,8 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 /// The read loop: keeps up to `max_in_flight` lanes busy, each delivering one batch.
 ///
 /// A batch is read once `max_batch_events` events wait, or once the oldest waiting
-/// one has waited `forward.linger_ms`, or at once while draining. Reading at every
+/// one has waited `forward.linger_ms`, or at once while draining or when nothing
+/// was appended since the last read (the rest of a backlog). Reading at every
 /// group commit (every `spool.batch_delay_ms`) made small batches, and each costs
 /// a spool read, a sink write and a spool delete on the blocking pool: three
 /// thread wake-ups, which under load cost more than the batch's own work.
@@ -270,6 +271,7 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
     // Events in batches that lanes hold; the rest of what the spool counts waits.
     let mut in_flight_events: u64 = 0;
     let mut waiting_since: Option<Instant> = None;
+    let mut appends_at_read = pipeline.spool.appends();
     let linger = pipeline.config.linger;
     let full = pipeline.config.max_batch_events.get() as u64;
     let in_flight_gauge = metrics::gauge!(m::FORWARD_IN_FLIGHT_BATCHES);
@@ -282,10 +284,15 @@ async fn run(pipeline: Arc<Pipeline>, heartbeat: Heartbeat, mut finishing: Signa
                 break;
             }
             let since = *waiting_since.get_or_insert_with(Instant::now);
-            if !draining && waiting < full && since.elapsed() < linger {
+            // Nothing appended since the last read: what waits is the rest of a
+            // backlog, and waiting would only delay it.
+            let appends = pipeline.spool.appends();
+            let arriving = appends != appends_at_read;
+            if !draining && arriving && waiting < full && since.elapsed() < linger {
                 break;
             }
             waiting_since = None;
+            appends_at_read = appends;
             match next_lease(&pipeline, cursor).await {
                 Some((lease, next)) => {
                     cursor = next;

@@ -141,6 +141,9 @@ pub struct Spool {
     store: Store,
     counts: Counts,
     appended: tokio::sync::Notify,
+    /// Appends since the start, so the forwarder can tell a stream that is still
+    /// arriving from the rest of a backlog.
+    appends: AtomicU64,
     guarded: Mutex<Guarded>,
     /// Bumped (under `guarded`) whenever an erasure rewrites a leased segment; a
     /// lease that saw an older value re-reads its segments before sending.
@@ -165,6 +168,11 @@ impl Spool {
 
     pub fn records(&self) -> u64 {
         self.counts.records.load(Ordering::Relaxed)
+    }
+
+    /// Segments appended since the spool was opened.
+    pub fn appends(&self) -> u64 {
+        self.appends.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -219,6 +227,7 @@ impl Spool {
         self.store.append(seq, bytes)?;
         self.counts.records.fetch_add(events, Ordering::Relaxed);
         self.counts.bytes.fetch_add(size, Ordering::Relaxed);
+        self.appends.fetch_add(1, Ordering::Relaxed);
         self.appended.notify_one();
         Ok(())
     }
@@ -430,6 +439,7 @@ pub fn start(
             dead_letters: AtomicU64::new(dead_events),
         },
         appended: tokio::sync::Notify::new(),
+        appends: AtomicU64::new(0),
         guarded: Mutex::new(Guarded::default()),
         epoch: AtomicU64::new(0),
         sends: tokio::sync::RwLock::new(()),
