@@ -51,8 +51,10 @@ fn enrich(c: &mut Criterion) {
         b.iter(|| cache.get(black_box(UA.as_bytes()), ua::parse))
     });
 
-    let city = Db::open(DbKind::City, dir.path().join("city.mmdb")).expect("city db");
-    let asn = Db::open(DbKind::Asn, dir.path().join("asn.mmdb")).expect("asn db");
+    let copies = dir.path().join("copies");
+    let city =
+        Db::open(DbKind::City, dir.path().join("city.mmdb"), copies.clone()).expect("city db");
+    let asn = Db::open(DbKind::Asn, dir.path().join("asn.mmdb"), copies).expect("asn db");
     c.bench_function("geoip/city", |b| b.iter(|| city.city(black_box(ip))));
     c.bench_function("geoip/asn", |b| b.iter(|| asn.asn(black_box(ip))));
 

@@ -160,6 +160,7 @@ fn forward_run(runtime: &tokio::runtime::Runtime, gzip: bool, signed: bool) -> D
             max_batch_events: NonZeroUsize::new(1000).expect("non-zero"),
             max_batch_bytes: 1 << 20,
             max_in_flight: NonZeroUsize::new(4).expect("non-zero"),
+            linger: Duration::from_millis(50),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(100),
             circuit_failures: 5,

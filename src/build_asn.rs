@@ -264,7 +264,7 @@ mod tests {
                 aliased: 1
             }
         );
-        let db = Db::open(DbKind::Asn, out).unwrap();
+        let db = Db::open(DbKind::Asn, out, dir.path().join("copies")).unwrap();
         let asn = |ip: &str| {
             db.asn(ip.parse().unwrap())
                 .map(|a| (a.number, a.org.clone()))

@@ -19,6 +19,7 @@ pub mod classify;
 pub mod client_ip;
 pub mod dedup;
 pub mod geo;
+mod mapped;
 pub mod networks;
 pub mod origin;
 pub mod rulebook;
@@ -168,7 +169,9 @@ impl Enricher {
     pub fn new(config: &Config, now_ms: u64) -> Result<Enricher, EnrichError> {
         geo::register_metrics();
         let open = |kind, path: &Option<PathBuf>| {
-            path.clone().map(|path| Db::open(kind, path)).transpose()
+            path.clone()
+                .map(|path| Db::open(kind, path, config.data_dir.clone()))
+                .transpose()
         };
         let city = open(DbKind::City, &config.geoip.city_db)?;
         let asn = open(DbKind::Asn, &config.geoip.asn_db)?;

@@ -1,7 +1,8 @@
 //! The event: one record per recorded request, the unit written and forwarded.
 //!
 //! Built by the route from verified claims and request facts, handed to the writer
-//! through `spool`, serialized there (never on the request path). Schema version
+//! through `spool`, serialized there (never on the request path) by [`crate::wire`],
+//! which writes exactly what this type's `Serialize` writes. Schema version
 //! [`SCHEMA_VERSION`]; fields are documented in the README. Ids are ULID-shaped
 //! and unique across a fleet: see [`IdGenerator`].
 
@@ -232,16 +233,21 @@ impl EventId {
     pub fn timestamp_ms(self) -> u64 {
         (self.0 >> LOW_BITS) as u64
     }
-}
 
-impl std::fmt::Display for EventId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// The 26 characters of the id's text.
+    pub fn to_bytes(&self) -> [u8; 26] {
         let mut out = [0u8; 26];
         for (index, slot) in out.iter_mut().enumerate() {
             let shift = 5 * (25 - index);
             *slot = CROCKFORD[((self.0 >> shift) & 0x1f) as usize];
         }
-        f.write_str(std::str::from_utf8(&out).expect("alphabet is ASCII"))
+        out
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.to_bytes()).expect("alphabet is ASCII"))
     }
 }
 

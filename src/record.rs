@@ -55,14 +55,13 @@ impl SegmentWriter {
         }
     }
 
+    /// Encodes `event` ([`crate::wire`]) into the segment. (Infallible since the
+    /// encoder is; the `Result` keeps the signature callers handle.)
     pub fn push(&mut self, event: &Event) -> Result<(), serde_json::Error> {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         self.buf.extend_from_slice(&event.ts.to_be_bytes());
-        if let Err(err) = serde_json::to_writer(&mut self.buf, event) {
-            self.buf.truncate(start);
-            return Err(err);
-        }
+        crate::wire::write_event(event, &mut self.buf);
         let len = (self.buf.len() - start - 4) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
         self.starts.push(start);

@@ -5,8 +5,9 @@
 //! never waits: a full channel drops the event and counts it. The writer thread
 //! ([`writer`]; disk I/O never runs on the async workers) wakes every `batch_delay`,
 //! takes what has arrived in segments of up to `max_batch_events` events or
-//! `max_batch_bytes`, encodes each ([`crate::record`]) and appends it under the next
-//! sequence number: one engine write per group commit, and no wake-up per request.
+//! `max_batch_bytes` (and at most [`crate::store::MAX_INLINE_VALUE_BYTES`], what the
+//! store keeps inline), encodes each ([`crate::record`]) and appends it under the
+//! next sequence number: one engine write per segment, and no wake-up per request.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -140,6 +141,9 @@ pub struct Spool {
     store: Store,
     counts: Counts,
     appended: tokio::sync::Notify,
+    /// Appends since the start, so the forwarder can tell a stream that is still
+    /// arriving from the rest of a backlog.
+    appends: AtomicU64,
     guarded: Mutex<Guarded>,
     /// Bumped (under `guarded`) whenever an erasure rewrites a leased segment; a
     /// lease that saw an older value re-reads its segments before sending.
@@ -164,6 +168,11 @@ impl Spool {
 
     pub fn records(&self) -> u64 {
         self.counts.records.load(Ordering::Relaxed)
+    }
+
+    /// Segments appended since the spool was opened.
+    pub fn appends(&self) -> u64 {
+        self.appends.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -218,6 +227,7 @@ impl Spool {
         self.store.append(seq, bytes)?;
         self.counts.records.fetch_add(events, Ordering::Relaxed);
         self.counts.bytes.fetch_add(size, Ordering::Relaxed);
+        self.appends.fetch_add(1, Ordering::Relaxed);
         self.appended.notify_one();
         Ok(())
     }
@@ -429,6 +439,7 @@ pub fn start(
             dead_letters: AtomicU64::new(dead_events),
         },
         appended: tokio::sync::Notify::new(),
+        appends: AtomicU64::new(0),
         guarded: Mutex::new(Guarded::default()),
         epoch: AtomicU64::new(0),
         sends: tokio::sync::RwLock::new(()),

@@ -347,3 +347,43 @@ async fn the_none_sink_keeps_events_in_the_spool_and_the_file_sink_writes_them()
         .count();
     assert!(rotated >= 2, "the file sink rotates by size");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_events_wait_for_the_linger_and_a_backlog_goes_at_once() {
+    let upstream = Upstream::start(Mode::Accept).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lingering = |linger_ms: u32| {
+        forward_config(&upstream.url(), "").replace(
+            "max_batch_events = 50\n",
+            &format!("max_batch_events = 50\nlinger_ms = {linger_ms}\n"),
+        )
+    };
+    // Fewer than max_batch_events: they wait up to the linger, then leave together.
+    let mut first = TestServer::start_in(dir.path(), &lingering(2000));
+    let started = std::time::Instant::now();
+    send_opens(&first, "few", 20).await;
+    if started.elapsed() < Duration::from_millis(1500) {
+        let requests = upstream.requests.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(requests, 0, "a batch left before the linger");
+    }
+    let arrived = eventually(Duration::from_secs(10), || async {
+        upstream.distinct_ids() == 20
+    })
+    .await;
+    assert!(arrived, "only {} of 20 arrived", upstream.distinct_ids());
+    let requests = upstream.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(requests, 1, "20 events in {requests} batches");
+
+    // What a previous run left is a backlog: nothing is arriving, so it does not
+    // wait for the (here 60 s) linger.
+    upstream.set_mode(Mode::Hangup);
+    send_opens(&first, "backlog", 20).await;
+    assert!(first.terminate().success(), "{}", first.stderr());
+    upstream.set_mode(Mode::Accept);
+    let _second = TestServer::start_in(dir.path(), &lingering(60_000));
+    let arrived = eventually(Duration::from_secs(10), || async {
+        upstream.distinct_ids() == 40
+    })
+    .await;
+    assert!(arrived, "only {} of 40 arrived", upstream.distinct_ids());
+}

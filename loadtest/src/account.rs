@@ -66,6 +66,7 @@ pub async fn run(
         worker_threads,
         forward_url: Some(format!("http://{receiver_addr}/ingest")),
         geoip: Some(geo_path),
+        tls: None,
     };
     let setup = edge::prepare(bin, dir, &options)?;
     let mut server = edge::spawn(&setup, None)?;

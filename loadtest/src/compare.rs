@@ -1,26 +1,26 @@
-//! `compare`: the floor, trackedge and nginx side by side on the same machine,
-//! in turn, alternating order each round, each server pinned to one core with one
-//! worker thread and the client on another. Per server and round: server CPU µs per
-//! request at a fixed open-loop rate (from /proc before/after), latency at that
-//! rate, max req/s closed-loop with the client's CPU share, RSS. The verdicts are
-//! medians over rounds of per-round ratios, which cancel most of the noise of a
-//! shared machine.
+//! `compare`: the floor, trackedge and nginx side by side on the same machine, in
+//! turn, in rotating order each round, each server pinned to one core with one
+//! worker thread and the clients on another. Each server instance is warmed up,
+//! then measured in every phase asked for ([`crate::phase`]); a TLS instance is
+//! started for the TLS phases. Per server, phase and round: server CPU µs per
+//! request (or per connection), the rate, latency where the client measures it,
+//! memory. The verdicts are medians over rounds of per-round ratios, which cancel
+//! most of the noise of a shared machine; their spread (lowest and highest round)
+//! is reported with them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::LoadArgs;
+use crate::certs::TlsFiles;
 use crate::edge::{self, EdgeSetup};
-use crate::load::{self, Outcome};
+use crate::nginx;
+use crate::phase::{self, Clients, Listeners, Measurement, MemoryMb, Phase};
 use crate::process::{self, Spawned};
 use crate::procstat;
-use crate::traffic::Prepared;
-use crate::{histogram, nginx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Server {
@@ -42,147 +42,170 @@ impl Server {
 pub struct Setup {
     pub loadtest_bin: PathBuf,
     pub edge: EdgeSetup,
+    /// The same edge with TLS on its public listener (for the TLS phases).
+    pub edge_tls: Option<EdgeSetup>,
     pub nginx: Option<PathBuf>,
+    pub tls: Option<TlsFiles>,
     pub dir: PathBuf,
     pub server_core: Option<usize>,
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Measurement {
-    pub server: Server,
-    pub round: usize,
-    pub rate: f64,
-    pub answered: u64,
-    pub cpu_us_per_request: f64,
-    pub user_us_per_request: f64,
-    pub system_us_per_request: f64,
-    pub latency: histogram::Summary,
-    pub max_rps: f64,
-    pub max_client_cpu_share: f64,
-    pub max_cpu_us_per_request: f64,
-    pub rss_before_mb: f64,
-    pub rss_peak_mb: f64,
-    pub rss_after_mb: f64,
-    pub errors: u64,
-    #[serde(skip)]
-    pub curve: Vec<(f64, f64)>,
+/// A server started for one round: its process and where it listens.
+struct Instance {
+    spawned: Spawned,
+    at: Listeners,
 }
 
-fn start(setup: &Setup, server: Server, round: usize) -> anyhow::Result<Spawned> {
+fn start(setup: &Setup, server: Server, round: usize, tls: bool) -> anyhow::Result<Instance> {
+    let plain = |spawned: Spawned| {
+        let main = spawned.public;
+        Instance {
+            spawned,
+            at: Listeners { main, h2c: main },
+        }
+    };
     match server {
         Server::Floor => {
             let mut cmd = process::command(&setup.loadtest_bin, setup.server_core);
             cmd.args(["floor", "--addr", "127.0.0.1:0", "--worker-threads"])
                 .arg(setup.worker_threads.to_string());
-            Spawned::start("floor", cmd, &setup.dir.join("floor.stderr.log"))
+            if tls {
+                let files = setup.tls.as_ref().context("no certificate generated")?;
+                cmd.arg("--tls-cert")
+                    .arg(&files.cert)
+                    .arg("--tls-key")
+                    .arg(&files.key);
+            }
+            Spawned::start("floor", cmd, &setup.dir.join("floor.stderr.log")).map(plain)
         }
-        Server::Trackedge => edge::spawn(&setup.edge, setup.server_core),
+        Server::Trackedge => {
+            let edge = if tls {
+                setup.edge_tls.as_ref().context("no TLS edge setup")?
+            } else {
+                &setup.edge
+            };
+            edge::spawn(edge, setup.server_core).map(plain)
+        }
         Server::Nginx => {
             let bin = setup.nginx.as_deref().context("nginx is not installed")?;
-            nginx::spawn(
+            let dir = setup.dir.join(format!(
+                "nginx-{round}-{}",
+                if tls { "tls" } else { "plain" }
+            ));
+            let (spawned, ports) = nginx::spawn(
                 bin,
-                &setup.dir.join(format!("nginx-{round}")),
+                &dir,
                 setup.server_core,
-            )
+                tls.then_some(setup.tls.as_ref()).flatten(),
+            )?;
+            let main = match (tls, ports.tls) {
+                (true, Some(addr)) => addr,
+                _ => ports.plain,
+            };
+            Ok(Instance {
+                spawned,
+                at: Listeners {
+                    main,
+                    h2c: ports.h2c,
+                },
+            })
         }
     }
 }
 
-fn mb(bytes: Option<u64>) -> f64 {
-    bytes.map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
-}
-
-/// Closed-loop max-throughput run against a server started for it.
-pub async fn max_rate(
+/// Runs every phase of one TLS-ness against one server instance.
+async fn instance_phases(
     setup: &Setup,
-    server: Server,
-    load: &LoadArgs,
-    seconds: f64,
-    requests: Arc<Vec<Prepared>>,
-) -> anyhow::Result<Outcome> {
-    let mut spawned = start(setup, server, 0)?;
-    let mut args = load.clone();
-    args.rate = 0.0;
-    args.duration = seconds;
-    let outcome = load::drive(args.spec(spawned.public, false)?, requests).await;
-    tokio::task::block_in_place(|| spawned.stop(Duration::from_secs(15)))?;
-    outcome
-}
-
-/// One server in one round: warm-up, fixed-rate phase, max phase.
-pub async fn measure(
-    setup: &Setup,
+    clients: &Clients,
     server: Server,
     round: usize,
-    load: &LoadArgs,
-    rate: f64,
-    max_seconds: f64,
-    requests: Arc<Vec<Prepared>>,
-) -> anyhow::Result<Measurement> {
-    let mut spawned = start(setup, server, round)?;
-    let pid = spawned.pid();
-    let mut args = load.clone();
-    args.rate = rate;
-    let warm = LoadArgs {
-        duration: 1.0,
-        ..args.clone()
-    };
-    load::drive(warm.spec(spawned.public, false)?, requests.clone()).await?;
-    let rss_before = procstat::rss_bytes(pid).ok();
-    let cpu0 = procstat::cpu(pid)?;
-    let fixed = load::drive(args.spec(spawned.public, false)?, requests.clone()).await?;
-    let cpu1 = procstat::cpu(pid)?;
-    let used = cpu1.since(&cpu0);
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / fixed.answered.max(1) as f64;
-
-    // Max phase, sampling RSS as it runs.
-    let sampler = {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (s, p) = (stop.clone(), peak.clone());
-        let handle = tokio::spawn(async move {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(rss) = procstat::rss_bytes(pid) {
-                    p.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        (stop, peak, handle)
-    };
-    let max_args = LoadArgs {
-        rate: 0.0,
-        duration: max_seconds,
-        ..args.clone()
-    };
-    let cpu2 = procstat::cpu(pid)?;
-    let max = load::drive(max_args.spec(spawned.public, false)?, requests).await?;
-    let cpu3 = procstat::cpu(pid)?;
-    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = sampler.2.await;
+    (phases, tls): (&[Phase], bool),
+    fixed_rate: f64,
+) -> anyhow::Result<Vec<Measurement>> {
+    let mut instance = start(setup, server, round, tls)?;
+    let pid = instance.spawned.pid();
+    phase::warm_up(clients, instance.at, tls)
+        .await
+        .with_context(|| format!("{} warm-up", server.as_str()))?;
+    let before: MemoryMb = procstat::memory(pid).unwrap_or_default().into();
+    let mut out = Vec::new();
+    for &phase in phases {
+        let m = phase::measure(
+            clients,
+            phase,
+            instance.at,
+            pid,
+            (server.as_str(), round),
+            fixed_rate,
+        )
+        .await
+        .with_context(|| format!("{} {}", server.as_str(), phase.as_str()))?;
+        eprintln!(
+            "round {round} {:<9} {:<13} cpu {:7.2} µs/{:<10} {:>8.0}/s  rss {:.0} MB",
+            server.as_str(),
+            phase.as_str(),
+            m.cpu_us,
+            m.unit,
+            m.rate,
+            m.memory_peak.rss
+        );
+        out.push(m);
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = procstat::rss_bytes(pid).ok();
-    tokio::task::block_in_place(|| spawned.stop(Duration::from_secs(15)))?;
-    Ok(Measurement {
-        server,
-        round,
-        rate,
-        answered: fixed.answered,
-        cpu_us_per_request: per(used.total),
-        user_us_per_request: per(used.user),
-        system_us_per_request: per(used.system),
-        latency: fixed.latency,
-        max_rps: max.achieved_rps,
-        max_client_cpu_share: max.client_cpu_share,
-        max_cpu_us_per_request: cpu3.since(&cpu2).total.as_secs_f64() * 1e6
-            / max.answered.max(1) as f64,
-        rss_before_mb: mb(rss_before),
-        rss_peak_mb: mb(Some(sampler.1.load(std::sync::atomic::Ordering::Relaxed))),
-        rss_after_mb: mb(rss_after),
-        errors: fixed.errors + fixed.timeouts + max.errors + max.timeouts,
-        curve: fixed.curve,
-    })
+    let after: MemoryMb = procstat::memory(pid).unwrap_or_default().into();
+    for m in &mut out {
+        m.memory_before = before;
+        m.memory_after = after;
+    }
+    tokio::task::block_in_place(|| instance.spawned.stop(Duration::from_secs(15)))?;
+    if server == Server::Trackedge {
+        edge::remove_outputs(&setup.edge);
+    }
+    Ok(out)
+}
+
+/// Every server in `servers`, rotated per round, through `phases`.
+pub async fn run(
+    setup: &Setup,
+    clients: &Clients,
+    servers: &[Server],
+    phases: &[Phase],
+    rounds: usize,
+    fixed_rate: f64,
+) -> anyhow::Result<Vec<Measurement>> {
+    let plain: Vec<Phase> = phases.iter().copied().filter(|p| !p.over_tls()).collect();
+    let tls: Vec<Phase> = phases.iter().copied().filter(|p| p.over_tls()).collect();
+    let mut all = Vec::new();
+    for round in 0..rounds.max(1) {
+        for server in order(servers, round) {
+            for group in [(&plain[..], false), (&tls[..], true)] {
+                if !group.0.is_empty() {
+                    all.extend(
+                        instance_phases(setup, clients, server, round, group, fixed_rate).await?,
+                    );
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The floor's saturation rate, to set the fixed rate at half of it.
+pub async fn floor_max(setup: &Setup, clients: &Clients) -> anyhow::Result<f64> {
+    let mut instance = start(setup, Server::Floor, 0, false)?;
+    phase::warm_up(clients, instance.at, false).await?;
+    let m = phase::measure(
+        clients,
+        Phase::Saturation,
+        instance.at,
+        instance.spawned.pid(),
+        ("floor", 0),
+        0.0,
+    )
+    .await?;
+    tokio::task::block_in_place(|| instance.spawned.stop(Duration::from_secs(15)))?;
+    Ok(m.rate)
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -201,114 +224,225 @@ pub fn median(values: &[f64]) -> f64 {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerSummary {
-    pub server: Server,
-    pub cpu_us_per_request: f64,
-    pub user_us_per_request: f64,
-    pub system_us_per_request: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_rps: f64,
-    pub max_client_cpu_share: f64,
-    pub rss_peak_mb: f64,
-    pub rss_after_mb: f64,
+    pub server: &'static str,
+    pub cpu_us: f64,
+    pub user_us: f64,
+    pub system_us: f64,
+    /// What one core would do at this cost: 1e6 / cpu_us.
+    pub per_core: f64,
+    pub rate: f64,
+    pub client_cpu_share: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p999_us: Option<f64>,
+    pub errors: u64,
+    pub resumed_share: Option<f64>,
+    pub memory_peak: MemoryMb,
+    pub memory_after: MemoryMb,
+    pub threads_us: BTreeMap<String, f64>,
+}
+
+/// A per-round ratio of CPU per unit: its median and spread over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub rounds: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    pub phase: Phase,
+    pub unit: &'static str,
+    pub client: &'static str,
+    pub servers: Vec<ServerSummary>,
+    pub ratios: Vec<Ratio>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    pub rate: f64,
     pub rounds: usize,
-    pub servers: Vec<ServerSummary>,
-    /// Medians over rounds of the per-round ratio.
-    pub ratios: BTreeMap<&'static str, f64>,
+    pub fixed_rate: f64,
+    pub phases: Vec<PhaseSummary>,
     pub notes: Vec<String>,
 }
 
-pub fn summarize(rate: f64, rounds: usize, all: &[Measurement], notes: Vec<String>) -> Summary {
-    let of = |server: Server, f: &dyn Fn(&Measurement) -> f64| -> f64 {
-        let v: Vec<f64> = all.iter().filter(|m| m.server == server).map(f).collect();
-        median(&v)
+fn summarize_server(ms: &[&Measurement]) -> Option<ServerSummary> {
+    let first = ms.first()?;
+    let of = |f: &dyn Fn(&Measurement) -> f64| median(&ms.iter().map(|m| f(m)).collect::<Vec<_>>());
+    let opt = |f: &dyn Fn(&Measurement) -> Option<f64>| {
+        let v: Vec<f64> = ms.iter().filter_map(|m| f(m)).collect();
+        (!v.is_empty()).then(|| median(&v))
     };
-    let mut servers = Vec::new();
-    for server in [Server::Floor, Server::Trackedge, Server::Nginx] {
-        if !all.iter().any(|m| m.server == server) {
-            continue;
-        }
-        servers.push(ServerSummary {
-            server,
-            cpu_us_per_request: of(server, &|m| m.cpu_us_per_request),
-            user_us_per_request: of(server, &|m| m.user_us_per_request),
-            system_us_per_request: of(server, &|m| m.system_us_per_request),
-            p50_us: of(server, &|m| m.latency.p50_us),
-            p99_us: of(server, &|m| m.latency.p99_us),
-            p999_us: of(server, &|m| m.latency.p999_us),
-            max_rps: of(server, &|m| m.max_rps),
-            max_client_cpu_share: of(server, &|m| m.max_client_cpu_share),
-            rss_peak_mb: of(server, &|m| m.rss_peak_mb),
-            rss_after_mb: of(server, &|m| m.rss_after_mb),
-        });
+    let mb = |f: &dyn Fn(&Measurement) -> MemoryMb| MemoryMb {
+        rss: of(&|m| f(m).rss),
+        anon: of(&|m| f(m).anon),
+        file: of(&|m| f(m).file),
+    };
+    let mut names: Vec<&String> = ms.iter().flat_map(|m| m.threads_us.keys()).collect();
+    names.sort();
+    names.dedup();
+    let threads_us = names
+        .into_iter()
+        .map(|name| {
+            (
+                name.clone(),
+                of(&|m| m.threads_us.get(name).copied().unwrap_or(0.0)),
+            )
+        })
+        .collect();
+    let cpu_us = of(&|m| m.cpu_us);
+    Some(ServerSummary {
+        server: first.server,
+        cpu_us,
+        user_us: of(&|m| m.user_us),
+        system_us: of(&|m| m.system_us),
+        per_core: 1e6 / cpu_us,
+        rate: of(&|m| m.rate),
+        client_cpu_share: of(&|m| m.client_cpu_share),
+        p50_us: opt(&|m| m.latency.map(|l| l.p50_us)),
+        p99_us: opt(&|m| m.latency.map(|l| l.p99_us)),
+        p999_us: opt(&|m| m.latency.and_then(|l| l.p999_us)),
+        errors: ms.iter().map(|m| m.errors).sum(),
+        resumed_share: opt(&|m| m.resumed_share),
+        memory_peak: mb(&|m| m.memory_peak),
+        memory_after: mb(&|m| m.memory_after),
+        threads_us,
+    })
+}
+
+fn ratio(all: &[&Measurement], a: Server, b: Server, rounds: usize) -> Option<Ratio> {
+    let per_round: Vec<f64> = (0..rounds)
+        .filter_map(|round| {
+            let x = all
+                .iter()
+                .find(|m| m.server == a.as_str() && m.round == round)?;
+            let y = all
+                .iter()
+                .find(|m| m.server == b.as_str() && m.round == round)?;
+            Some(x.cpu_us / y.cpu_us)
+        })
+        .filter(|r| r.is_finite())
+        .collect();
+    if per_round.is_empty() {
+        return None;
     }
-    let ratio = |a: Server, b: Server, f: &dyn Fn(&Measurement) -> f64| -> f64 {
-        let v: Vec<f64> = (0..rounds)
-            .filter_map(|round| {
-                let x = all.iter().find(|m| m.server == a && m.round == round)?;
-                let y = all.iter().find(|m| m.server == b && m.round == round)?;
-                Some(f(x) / f(y))
+    Some(Ratio {
+        name: format!("{}/{} cpu per unit", a.as_str(), b.as_str()),
+        median: median(&per_round),
+        min: per_round.iter().copied().fold(f64::INFINITY, f64::min),
+        max: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        rounds: per_round.len(),
+    })
+}
+
+pub fn summarize(
+    fixed_rate: f64,
+    rounds: usize,
+    all: &[Measurement],
+    notes: Vec<String>,
+) -> Summary {
+    let mut phases = Vec::new();
+    for phase in Phase::ALL {
+        let of_phase: Vec<&Measurement> = all.iter().filter(|m| m.phase == phase).collect();
+        let Some(first) = of_phase.first() else {
+            continue;
+        };
+        let servers = [Server::Floor, Server::Trackedge, Server::Nginx]
+            .iter()
+            .filter_map(|s| {
+                let ms: Vec<&Measurement> = of_phase
+                    .iter()
+                    .copied()
+                    .filter(|m| m.server == s.as_str())
+                    .collect();
+                summarize_server(&ms)
             })
             .collect();
-        median(&v)
-    };
-    let mut ratios = BTreeMap::new();
-    ratios.insert(
-        "trackedge/floor cpu per request",
-        ratio(Server::Trackedge, Server::Floor, &|m| m.cpu_us_per_request),
-    );
-    ratios.insert(
-        "trackedge/floor max req/s",
-        ratio(Server::Trackedge, Server::Floor, &|m| m.max_rps),
-    );
-    if all.iter().any(|m| m.server == Server::Nginx) {
-        ratios.insert(
-            "trackedge/nginx cpu per request",
-            ratio(Server::Trackedge, Server::Nginx, &|m| m.cpu_us_per_request),
-        );
-        ratios.insert(
-            "trackedge/nginx max req/s",
-            ratio(Server::Trackedge, Server::Nginx, &|m| m.max_rps),
-        );
+        let ratios = [
+            (Server::Trackedge, Server::Floor),
+            (Server::Trackedge, Server::Nginx),
+            (Server::Nginx, Server::Floor),
+        ]
+        .iter()
+        .filter_map(|&(a, b)| ratio(&of_phase, a, b, rounds))
+        .collect();
+        phases.push(PhaseSummary {
+            phase,
+            unit: phase.unit(),
+            client: first.client,
+            servers,
+            ratios,
+        });
     }
     Summary {
-        rate,
         rounds,
-        servers,
-        ratios,
+        fixed_rate,
+        phases,
         notes,
     }
 }
 
+fn opt_us(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.0}µs"))
+}
+
 pub fn table(summary: &Summary) -> String {
     let mut out = format!(
-        "compare: {} rounds, fixed rate {:.0} req/s (open loop), medians over rounds\n{:<10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}\n",
-        summary.rounds, summary.rate, "server", "cpu µs/r", "user", "sys", "p50", "p99", "p99.9", "max req/s", "client cpu", "rss peak", "rss after"
+        "compare: {} rounds, medians over rounds; ratios: median [lowest, highest round]\n",
+        summary.rounds
     );
-    for s in &summary.servers {
+    for p in &summary.phases {
+        let title = match p.phase {
+            Phase::Fixed => format!("fixed rate {:.0} req/s (open loop)", summary.fixed_rate),
+            _ => format!("{} ({})", p.phase.as_str(), p.client),
+        };
         out.push_str(&format!(
-            "{:<10} {:>9.2} {:>8.2} {:>8.2} {:>7.0}µs {:>7.0}µs {:>7.0}µs {:>10.0} {:>9.0}% {:>7.1}MB {:>7.1}MB\n",
-            s.server.as_str(),
-            s.cpu_us_per_request,
-            s.user_us_per_request,
-            s.system_us_per_request,
-            s.p50_us,
-            s.p99_us,
-            s.p999_us,
-            s.max_rps,
-            s.max_client_cpu_share * 100.0,
-            s.rss_peak_mb,
-            s.rss_after_mb
+            "\n== {title}\n{:<10} {:>10} {:>7} {:>7} {:>10} {:>10} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
+            "server",
+            format!("cpu µs/{}", if p.unit == "request" { "req" } else { "conn" }),
+            "user",
+            "sys",
+            "per core/s",
+            "rate/s",
+            "client",
+            "p50",
+            "p99",
+            "p99.9",
+            "rss peak",
+            "rss after"
         ));
-    }
-    for (name, value) in &summary.ratios {
-        out.push_str(&format!("{name}: {value:.3}\n"));
+        for s in &p.servers {
+            out.push_str(&format!(
+                "{:<10} {:>10.2} {:>7.2} {:>7.2} {:>10.0} {:>10.0} {:>6.0}% {:>8} {:>8} {:>8} {:>8.1}MB {:>8.1}MB\n",
+                s.server,
+                s.cpu_us,
+                s.user_us,
+                s.system_us,
+                s.per_core,
+                s.rate,
+                s.client_cpu_share * 100.0,
+                opt_us(s.p50_us),
+                opt_us(s.p99_us),
+                opt_us(s.p999_us),
+                s.memory_peak.rss,
+                s.memory_after.rss
+            ));
+            if let Some(share) = s.resumed_share {
+                out.push_str(&format!("{:<10} resumed {:.0}%\n", "", share * 100.0));
+            }
+            if s.errors > 0 {
+                out.push_str(&format!("{:<10} errors {}\n", "", s.errors));
+            }
+        }
+        for r in &p.ratios {
+            out.push_str(&format!(
+                "{}: {:.3} [{:.3}, {:.3}]\n",
+                r.name, r.median, r.min, r.max
+            ));
+        }
     }
     for note in &summary.notes {
         out.push_str(&format!("note: {note}\n"));
@@ -336,13 +470,13 @@ pub fn order(servers: &[Server], round: usize) -> Vec<Server> {
     order
 }
 
-/// Writes the per-server latency curves of the last round into one PNG.
+/// Writes the per-server latency curves of the fixed phase's last round into a PNG.
 pub fn plot(path: &Path, all: &[Measurement], rounds: usize) -> anyhow::Result<()> {
     let last = rounds.saturating_sub(1);
     let series: Vec<(String, Vec<(f64, f64)>)> = all
         .iter()
-        .filter(|m| m.round == last)
-        .map(|m| (m.server.as_str().to_owned(), m.curve.clone()))
+        .filter(|m| m.round == last && m.phase == Phase::Fixed)
+        .map(|m| (m.server.to_owned(), m.curve.clone()))
         .collect();
     crate::plot::percentile_png(
         path,
@@ -355,41 +489,59 @@ pub fn plot(path: &Path, all: &[Measurement], rounds: usize) -> anyhow::Result<(
 mod tests {
     use super::*;
 
-    fn m(server: Server, round: usize, cpu: f64) -> Measurement {
+    fn m(server: Server, round: usize, phase: Phase, cpu: f64) -> Measurement {
         Measurement {
-            server,
+            server: server.as_str(),
             round,
-            rate: 1000.0,
-            answered: 1000,
-            cpu_us_per_request: cpu,
-            user_us_per_request: cpu / 2.0,
-            system_us_per_request: cpu / 2.0,
-            latency: histogram::Summary::default(),
-            max_rps: 10_000.0 / cpu,
-            max_client_cpu_share: 0.5,
-            max_cpu_us_per_request: cpu,
-            rss_before_mb: 5.0,
-            rss_peak_mb: 6.0,
-            rss_after_mb: 5.5,
+            phase,
+            unit: phase.unit(),
+            client: "test",
+            completed: 1000,
+            seconds: 1.0,
+            rate: 1e6 / cpu,
+            target_rate: None,
+            cpu_us: cpu,
+            user_us: cpu / 2.0,
+            system_us: cpu / 2.0,
+            threads_us: BTreeMap::from([("worker".to_owned(), cpu)]),
+            client_cpu_share: 0.5,
+            latency: None,
             errors: 0,
+            resumed_share: None,
+            memory_peak: MemoryMb::default(),
+            memory_before: MemoryMb::default(),
+            memory_after: MemoryMb::default(),
             curve: Vec::new(),
         }
     }
 
     #[test]
-    fn ratios_are_medians_of_per_round_ratios() {
+    fn ratios_are_medians_of_per_round_ratios_with_their_spread() {
+        let s = Phase::Saturation;
         let all = vec![
-            m(Server::Floor, 0, 8.0),
-            m(Server::Trackedge, 0, 9.0),
-            m(Server::Floor, 1, 16.0), // a noisy round: both slow, ratio still 1.125
-            m(Server::Trackedge, 1, 18.0),
-            m(Server::Floor, 2, 8.0),
-            m(Server::Trackedge, 2, 12.0),
+            m(Server::Floor, 0, s, 8.0),
+            m(Server::Trackedge, 0, s, 9.0),
+            m(Server::Floor, 1, s, 16.0), // a noisy round: both slow, ratio still 1.125
+            m(Server::Trackedge, 1, s, 18.0),
+            m(Server::Floor, 2, s, 8.0),
+            m(Server::Trackedge, 2, s, 12.0),
+            m(Server::Trackedge, 0, Phase::TlsFull, 50.0),
         ];
-        let s = summarize(1000.0, 3, &all, vec![]);
-        assert!((s.ratios["trackedge/floor cpu per request"] - 1.125).abs() < 1e-9);
-        assert_eq!(s.servers.len(), 2);
-        assert!((s.servers[0].cpu_us_per_request - 8.0).abs() < 1e-9);
+        let summary = summarize(1000.0, 3, &all, vec![]);
+        assert_eq!(summary.phases.len(), 2);
+        let sat = &summary.phases[0];
+        assert_eq!(sat.phase, Phase::Saturation);
+        let r = &sat.ratios[0];
+        assert_eq!(r.name, "trackedge/floor cpu per unit");
+        assert!((r.median - 1.125).abs() < 1e-9);
+        assert!((r.min - 1.125).abs() < 1e-9 && (r.max - 1.5).abs() < 1e-9);
+        assert_eq!(sat.servers.len(), 2);
+        assert!((sat.servers[0].cpu_us - 8.0).abs() < 1e-9);
+        assert!((sat.servers[0].per_core - 125_000.0).abs() < 1e-6);
+        let tls = &summary.phases[1];
+        assert!(tls.ratios.is_empty(), "no pair measured");
+        assert_eq!(tls.unit, "connection");
+        assert!(table(&summary).contains("tls_full"));
     }
 
     #[test]

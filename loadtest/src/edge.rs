@@ -23,6 +23,8 @@ pub struct EdgeOptions {
     /// `http://127.0.0.1:PORT/ingest` of the accounting receiver.
     pub forward_url: Option<String>,
     pub geoip: Option<PathBuf>,
+    /// Serve the public listener over TLS with this certificate.
+    pub tls: Option<crate::certs::TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,13 @@ fn render(options: &EdgeOptions, forward: bool, geoip: bool) -> String {
             text.push_str(&format!("[{table}]\n"));
         }
         text.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
+    }
+    if let Some(tls) = &options.tls {
+        text.push_str(&format!(
+            "[[public.tls]]\ncert_path = {:?}\nkey_path = {:?}\n",
+            tls.cert.display().to_string(),
+            tls.key.display().to_string()
+        ));
     }
     text
 }
@@ -95,11 +104,16 @@ fn one_line(text: &str) -> String {
 }
 
 /// Writes the richest config this build accepts into `dir`.
+/// The data dir is `dir/data`; two setups in one `dir` share it (and the key file).
 pub fn prepare(bin: &Path, dir: &Path, options: &EdgeOptions) -> anyhow::Result<EdgeSetup> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let config_path = dir.join("trackedge.toml");
+    let config_path = dir.join(if options.tls.is_some() {
+        "trackedge-tls.toml"
+    } else {
+        "trackedge.toml"
+    });
     let mut notes = Vec::new();
     let mut forward = options.forward_url.is_some();
     let mut geoip = options.geoip.is_some();
@@ -153,6 +167,21 @@ pub fn spawn(setup: &EdgeSetup, core: Option<usize>) -> anyhow::Result<Spawned> 
     Spawned::start("trackedge", cmd, &log)
 }
 
+/// Deletes the event files the file sink wrote (a saturation run writes hundreds
+/// of MB); the spool and the key file stay.
+pub fn remove_outputs(setup: &EdgeSetup) {
+    let Ok(entries) = std::fs::read_dir(&setup.data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("events") && name.ends_with(".ndjson") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The trackedge binary: `explicit`, else next to this executable (both are built
 /// into the same target directory), else `trackedge` on PATH.
 pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -184,6 +213,10 @@ mod tests {
             worker_threads: 1,
             forward_url: Some("http://127.0.0.1:9/ingest".into()),
             geoip: Some(PathBuf::from("/tmp/geo.mmdb")),
+            tls: Some(crate::certs::TlsFiles {
+                cert: "/tmp/c.pem".into(),
+                key: "/tmp/k.pem".into(),
+            }),
         };
         let text = render(&options, true, true);
         let value: toml::Table = toml::from_str(&text).unwrap();
@@ -194,6 +227,10 @@ mod tests {
         assert_eq!(value["worker_threads"].as_integer(), Some(1));
         let (table, key) = GEOIP_DB_KEY.rsplit_once('.').unwrap();
         assert_eq!(value[table][key].as_str(), Some("/tmp/geo.mmdb"));
+        assert_eq!(
+            value["public"]["tls"][0]["cert_path"].as_str(),
+            Some("/tmp/c.pem")
+        );
         assert!(!render(&options, false, false).contains("forward"));
     }
 

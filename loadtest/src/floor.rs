@@ -4,11 +4,15 @@
 //! 302, doing no other work. What trackedge costs above it is trackedge's work.
 //!
 //! It runs as its own process (`trackedge-loadtest floor`) so its CPU time can be
-//! read from /proc and it can be pinned like any other server under test.
+//! read from /proc and it can be pinned like any other server under test. With a
+//! certificate it serves TLS through trackedge's own acceptor (rustls, the same
+//! protocol versions, ALPN and session settings), so a TLS comparison against it
+//! shows what trackedge adds over the TLS library itself.
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +34,24 @@ fn answer(request: &Request<Incoming>) -> Response<Body> {
 }
 
 /// Serves until SIGTERM/SIGINT; prints `floor listening public=ADDR` once bound.
-pub fn run(addr: SocketAddr, worker_threads: usize) -> anyhow::Result<()> {
+/// `tls`: certificate and key PEM files; then every connection is TLS.
+pub fn run(
+    addr: SocketAddr,
+    worker_threads: usize,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<()> {
+    let acceptor = match tls {
+        Some((cert_path, key_path)) => {
+            let certs = trackedge::tls::TlsCerts::load(&[trackedge::config::TlsCertConfig {
+                cert_path,
+                key_path,
+                server_names: vec![],
+            }])
+            .context("floor TLS certificate")?;
+            Some(trackedge::tls::acceptor(std::sync::Arc::new(certs), true).context("floor TLS")?)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads.max(1))
         .enable_all()
@@ -69,14 +90,26 @@ pub fn run(addr: SocketAddr, worker_threads: usize) -> anyhow::Result<()> {
             };
             let _ = stream.set_nodelay(true);
             let builder = builder.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
                     Ok::<_, Infallible>(answer(&request))
                 });
                 // A client hanging up is normal; the floor has nothing to report.
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match acceptor {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
             });
         }
     })

@@ -9,25 +9,33 @@
 //!   database of realistic size.
 //! - [`process`], [`edge`], [`floor`], [`nginx`]: the servers under test.
 //! - [`receiver`] and [`accounting`]: the upstream that proves nothing is lost.
-//! - [`compare`]: floor vs trackedge vs nginx, alternating, pinned, CPU per request.
+//! - [`compare`]: floor vs trackedge vs nginx, alternating, pinned, CPU per request;
+//!   [`phase`]: one measured phase (fixed rate, saturation, TLS handshakes and
+//!   keep-alive, HTTP/2); its clients [`wrk`], [`h2load`] and [`tlsclient`]
+//!   (rustls); [`certs`]: the ECDSA P-256 certificate they all serve.
 //! - [`procstat`]: CPU time and RSS from /proc.
 #![forbid(unsafe_code)]
 
 pub mod account;
 pub mod accounting;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod edge;
 pub mod floor;
 pub mod geodb;
+pub mod h2load;
 pub mod histogram;
 pub mod load;
 pub mod nginx;
+pub mod phase;
 pub mod plot;
 pub mod process;
 pub mod procstat;
 pub mod receiver;
 pub mod report;
 pub mod schedule;
+pub mod tlsclient;
 pub mod traffic;
+pub mod wrk;

@@ -27,7 +27,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Start trackedge forwarding to a local receiver, drive load, prove nothing is lost.
     Account(Box<AccountArgs>),
-    /// Floor vs trackedge vs nginx: pinned, alternating, CPU per request, ratios.
+    /// Floor vs trackedge vs nginx: pinned, alternating, CPU per request, ratios;
+    /// fixed rate, saturation, TLS handshakes and keep-alive, HTTP/2.
     Compare(Box<CompareArgs>),
     /// Run the bare hyper floor server (used by `compare`).
     Floor {
@@ -35,6 +36,11 @@ enum Command {
         addr: SocketAddr,
         #[arg(long, default_value_t = 1)]
         worker_threads: usize,
+        /// Serve TLS with this certificate (PEM) and --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Write a generated GeoIP2-City-shaped database.
     Geodb {
@@ -104,12 +110,14 @@ fn main() -> anyhow::Result<()> {
         Command::Floor {
             addr,
             worker_threads,
+            tls_cert,
+            tls_key,
         } => {
             anyhow::ensure!(
                 addr.ip().is_loopback(),
                 "the floor listens on loopback only"
             );
-            floor::run(addr, worker_threads)
+            floor::run(addr, worker_threads, tls_cert.zip(tls_key))
         }
         Command::Geodb {
             out,
@@ -137,6 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 worker_threads: args.worker_threads,
                 forward_url: None,
                 geoip: Some(geo_path),
+                tls: None,
             };
             let setup = edge::prepare(&bin, temp.path(), &options)?;
             for note in &setup.notes {
@@ -191,9 +200,29 @@ struct CompareArgs {
     /// Rounds; each runs every server once, in rotating order.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Seconds of the closed-loop max-throughput phase per server and round.
+    /// What to measure: fixed, saturation, tls_full, tls_resume, tls_keepalive,
+    /// h2c, h2; `tls` = the three TLS modes, `h2` = h2c and h2, `all` = every mode.
+    #[arg(long, default_value = "fixed,saturation")]
+    modes: String,
+    /// `pixel`: one realistic pixel request (iPhone Mail, image Accept, a client
+    /// address from the trusted proxy) for every mode; `mix`: the realistic mix of
+    /// --mix for the built-in client (then saturation uses the built-in client).
+    #[arg(long, default_value = "pixel")]
+    traffic: TrafficKind,
+    /// Seconds of each closed-loop mode (saturation, TLS, HTTP/2) per server and round.
     #[arg(long, default_value_t = 5.0)]
     max_seconds: f64,
+    /// Concurrent new-connection clients of tls_full and tls_resume.
+    #[arg(long, default_value_t = 16)]
+    tls_connections: usize,
+    /// HTTP/2 connections of h2c and h2, and concurrent streams on each.
+    #[arg(long, default_value_t = 16)]
+    h2_connections: usize,
+    #[arg(long, default_value_t = 8)]
+    h2_streams: usize,
+    /// Use the built-in client for saturation even when wrk is installed.
+    #[arg(long)]
+    no_wrk: bool,
     #[arg(long)]
     server_bin: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
@@ -209,35 +238,55 @@ struct CompareArgs {
     /// Leave nginx out even when installed.
     #[arg(long)]
     no_nginx: bool,
-    /// Rate of the fixed-rate phase in req/s; 0: half the floor's max rate.
+    /// Rate of the fixed-rate mode in req/s; 0: half the floor's saturation rate.
     /// (--rate is not used by compare.)
     #[arg(long, default_value_t = 0.0)]
     fixed_rate: f64,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
-    traffic: TrafficArgs,
+    traffic_args: TrafficArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
 
-fn compare(mut args: CompareArgs) -> anyhow::Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TrafficKind {
+    Pixel,
+    Mix,
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
     use trackedge_loadtest::compare::{self, Server};
+    use trackedge_loadtest::phase::{Clients, Phase};
+    use trackedge_loadtest::{certs, h2load, traffic, wrk};
+    let phases = Phase::parse_list(&args.modes)?;
     if !args.no_pin {
         process::pin_self(args.client_core)?;
     }
     let temp = tempfile::tempdir().context("temp dir")?;
     let bin = edge::locate(args.server_bin.as_deref())?;
-    let (geo_path, networks) = args.traffic.geo()?;
-    let edge_setup = edge::prepare(
-        &bin,
-        temp.path(),
-        &edge::EdgeOptions {
-            worker_threads: args.worker_threads,
-            forward_url: None,
-            geoip: Some(geo_path),
-        },
-    )?;
+    let (geo_path, networks) = args.traffic_args.geo()?;
+    let any_tls = phases.iter().any(|p| p.over_tls());
+    let tls = any_tls.then(|| certs::generate(temp.path())).transpose()?;
+    let options = edge::EdgeOptions {
+        worker_threads: args.worker_threads,
+        forward_url: None,
+        geoip: Some(geo_path),
+        tls: None,
+    };
+    let edge_setup = edge::prepare(&bin, temp.path(), &options)?;
+    let edge_tls = match &tls {
+        Some(files) => Some(edge::prepare(
+            &bin,
+            temp.path(),
+            &edge::EdgeOptions {
+                tls: Some(files.clone()),
+                ..options.clone()
+            },
+        )?),
+        None => None,
+    };
     let mut notes = edge_setup.notes.clone();
     let nginx_bin = if args.no_nginx { None } else { nginx::locate() };
     if nginx_bin.is_none() && !args.no_nginx {
@@ -246,7 +295,9 @@ fn compare(mut args: CompareArgs) -> anyhow::Result<()> {
     let setup = compare::Setup {
         loadtest_bin: std::env::current_exe().context("this executable")?,
         edge: edge_setup,
+        edge_tls,
         nginx: nginx_bin,
+        tls,
         dir: temp.path().to_owned(),
         server_core: (!args.no_pin).then_some(args.server_core),
         worker_threads: args.worker_threads,
@@ -257,67 +308,81 @@ fn compare(mut args: CompareArgs) -> anyhow::Result<()> {
         first.stop(Duration::from_secs(15))?;
     }
     let keys = trackedge::keys::load(&setup.edge.data_dir.join("keys.txt"), false)?;
-    let requests = args.traffic.prepare(&keys, networks)?;
+    let pixel = traffic::pixel(&keys)?;
+    let requests = match args.traffic {
+        TrafficKind::Pixel => std::sync::Arc::new(vec![pixel.clone()]),
+        TrafficKind::Mix => args.traffic_args.prepare(&keys, networks)?,
+    };
+    let wrk_bin = if args.no_wrk { None } else { wrk::locate() };
+    let h2load_bin = h2load::locate();
+    let clients = Clients {
+        wrk: wrk_bin,
+        h2load: h2load_bin,
+        load: args.load.clone(),
+        requests,
+        path: pixel.uri_h1.to_string(),
+        headers: traffic::PIXEL_HEADERS
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect(),
+        wrk_allowed: args.traffic == TrafficKind::Pixel,
+        seconds: args.max_seconds,
+        tls_connections: args.tls_connections,
+        h2_connections: args.h2_connections,
+        h2_streams: args.h2_streams,
+        server_name: certs::SERVER_NAME.to_owned(),
+    };
+    if phases.contains(&Phase::Saturation) {
+        notes.push(format!(
+            "saturation client: {} over {} keep-alive connections",
+            clients.saturation_client(),
+            args.load.connections
+        ));
+    }
+    let needs_h2load = phases
+        .iter()
+        .any(|p| matches!(p, Phase::TlsKeepalive | Phase::H2c | Phase::H2));
+    anyhow::ensure!(
+        !needs_h2load || clients.h2load.is_some(),
+        "the TLS keep-alive and HTTP/2 modes need h2load (apt-get install -y nghttp2-client)"
+    );
     let runtime = cli::runtime(args.load.client_threads)?;
-    let asked_rate = args.fixed_rate;
-    args.load.rate = 0.0;
     let mut servers = vec![Server::Floor, Server::Trackedge];
     if setup.nginx.is_some() {
         servers.push(Server::Nginx);
     }
+    let rounds = args.rounds.max(1);
     let (rate, all) = runtime.block_on(async {
-        let floor_max = compare::max_rate(
-            &setup,
-            Server::Floor,
-            &args.load,
-            args.max_seconds,
-            requests.clone(),
-        )
-        .await?;
-        let rate = compare::pick_rate(asked_rate, floor_max.achieved_rps);
-        eprintln!(
-            "floor max {:.0} req/s (client CPU {:.0}%); fixed rate {rate:.0} req/s",
-            floor_max.achieved_rps,
-            floor_max.client_cpu_share * 100.0
-        );
-        let mut all = Vec::new();
-        for round in 0..args.rounds.max(1) {
-            for server in compare::order(&servers, round) {
-                let m = compare::measure(
-                    &setup,
-                    server,
-                    round,
-                    &args.load,
-                    rate,
-                    args.max_seconds,
-                    requests.clone(),
-                )
-                .await?;
-                eprintln!(
-                    "round {round} {:<9} cpu {:.2} µs/req  p99 {:.0} µs  max {:.0} req/s",
-                    server.as_str(),
-                    m.cpu_us_per_request,
-                    m.latency.p99_us,
-                    m.max_rps
-                );
-                all.push(m);
-            }
-        }
+        let rate = if phases.contains(&Phase::Fixed) {
+            let asked = args.fixed_rate;
+            let rate = if asked > 0.0 {
+                asked
+            } else {
+                let max = compare::floor_max(&setup, &clients).await?;
+                eprintln!("floor saturation {max:.0} req/s");
+                compare::pick_rate(0.0, max)
+            };
+            eprintln!("fixed rate {rate:.0} req/s");
+            rate
+        } else {
+            0.0
+        };
+        let all = compare::run(&setup, &clients, &servers, &phases, rounds, rate).await?;
         Ok::<_, anyhow::Error>((rate, all))
     })?;
-    let summary = compare::summarize(rate, args.rounds.max(1), &all, notes);
+    let summary = compare::summarize(rate, rounds, &all, notes);
     print!("{}", compare::table(&summary));
     #[derive(serde::Serialize)]
     struct Json<'a> {
         summary: &'a compare::Summary,
-        measurements: &'a [compare::Measurement],
+        measurements: &'a [trackedge_loadtest::phase::Measurement],
     }
     args.output.write_json(&Json {
         summary: &summary,
         measurements: &all,
     })?;
     if let Some(path) = &args.output.plot {
-        compare::plot(path, &all, args.rounds.max(1))?;
+        compare::plot(path, &all, rounds)?;
     }
     Ok(())
 }

@@ -31,6 +31,20 @@ pub fn command(program: &Path, core: Option<usize>) -> Command {
     }
 }
 
+/// `name` in the usual system directories or on PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let known = ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"];
+    let path_dirs = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    known
+        .iter()
+        .map(PathBuf::from)
+        .chain(path_dirs)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Pins every thread of this process to `core` (threads started later inherit it).
 pub fn pin_self(core: usize) -> anyhow::Result<()> {
     let status = Command::new("taskset")
@@ -46,6 +60,19 @@ pub fn pin_self(core: usize) -> anyhow::Result<()> {
         .context("cannot run taskset (util-linux)")?;
     if !status.success() {
         bail!("taskset could not pin the client to core {core}");
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until `addr` accepts a connection.
+pub fn wait_accepting(addr: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("nothing accepts on {addr}; the server's log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }

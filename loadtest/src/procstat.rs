@@ -106,6 +106,86 @@ fn parse_stat(text: &str) -> Option<(Duration, Duration)> {
     Some((ticks(14)?, ticks(15)?))
 }
 
+/// CPU time of this process's children that have exited and been waited for
+/// (cutime + cstime of /proc/self/stat): what a client run as a child used.
+pub fn children_cpu() -> Result<Duration, ProcError> {
+    let path = dir(0).join("stat");
+    let text = read(path.clone())?;
+    let rest = &text[text.rfind(')').ok_or(ProcError::Format(path.clone()))? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> Option<u64> { fields.get(index - 3)?.parse().ok() };
+    let (Some(user), Some(system)) = (ticks(16), ticks(17)) else {
+        return Err(ProcError::Format(path));
+    };
+    Ok(Duration::from_micros(
+        (user + system) * 1_000_000 / TICKS_PER_SECOND,
+    ))
+}
+
+/// Resident memory in bytes: all of it (VmRSS), and its private anonymous part
+/// (heap, stacks) apart from file pages (a memory-mapped file that the page cache
+/// shares with every other reader and can drop under pressure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Memory {
+    pub rss: u64,
+    pub anon: u64,
+    pub file: u64,
+}
+
+impl Memory {
+    /// The larger of each part.
+    pub fn max(self, other: Memory) -> Memory {
+        Memory {
+            rss: self.rss.max(other.rss),
+            anon: self.anon.max(other.anon),
+            file: self.file.max(other.file),
+        }
+    }
+}
+
+pub fn memory(pid: u32) -> Result<Memory, ProcError> {
+    let path = dir(pid).join("status");
+    let text = read(path.clone())?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Ok(Memory {
+        rss: field("VmRSS:").ok_or_else(|| ProcError::Format(path.clone()))?,
+        anon: field("RssAnon:").unwrap_or(0),
+        file: field("RssFile:").unwrap_or(0),
+    })
+}
+
+/// On-CPU time (schedstat) per thread name, numbered threads of one pool summed
+/// under the name without its number (`sled-io-3` -> `sled-io`).
+pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(dir(pid).join("task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse().ok()) else {
+            continue;
+        };
+        let name = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches('-')
+            .to_owned();
+        *out.entry(name).or_insert(Duration::ZERO) += Duration::from_nanos(ns);
+    }
+    out
+}
+
 /// Resident set size in bytes (VmRSS).
 pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
     let path = dir(pid).join("status");
@@ -141,5 +221,8 @@ mod tests {
         let delta = after.since(&before);
         assert!(delta.total > Duration::ZERO);
         assert!(rss_bytes(0).unwrap() > 1024 * 1024);
+        let memory = memory(0).unwrap();
+        assert!(memory.rss >= memory.anon && memory.anon > 0);
+        assert!(cpu_by_thread(0).values().any(|t| *t > Duration::ZERO));
     }
 }

@@ -221,6 +221,60 @@ pub fn prepare(keys: &KeyRing, spec: &TrafficSpec) -> anyhow::Result<Vec<Prepare
     Ok(out)
 }
 
+/// The iPhone Mail user agent (iOS 17), the most common pixel fetcher without a proxy.
+pub const IOS_MAIL_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
+
+/// The headers of the one realistic pixel request (`--traffic pixel`): what iPhone
+/// Mail sends for an image, behind a CDN at 127.0.0.1 that adds the client's
+/// address. 81.2.69.142 is in the published GeoLite2 test networks (London, GB), so
+/// a real City file finds it.
+pub const PIXEL_HEADERS: &[(&str, &str)] = &[
+    ("user-agent", IOS_MAIL_UA),
+    (
+        "accept",
+        "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",
+    ),
+    ("accept-language", "en-GB,en;q=0.9"),
+    ("accept-encoding", "gzip, deflate"),
+    ("x-forwarded-for", "81.2.69.142"),
+];
+
+/// One good open pixel request with [`PIXEL_HEADERS`], signed with `keys`.
+pub fn pixel(keys: &KeyRing) -> anyhow::Result<Prepared> {
+    let claims = Claims {
+        kind: Kind::Open,
+        tenant: "acme".into(),
+        campaign: "spring-sale".into(),
+        message: "msg-00042".into(),
+        recipient: Some("rcpt-4242".into()),
+        link: 0,
+        target: None,
+        expires_at: None,
+        sent_at: None,
+    };
+    let url = mint_url("http://x", keys, &claims).context("cannot mint a URL")?;
+    let path = url.trim_start_matches("http://x").to_owned();
+    let headers = PIXEL_HEADERS
+        .iter()
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
+        .collect();
+    Ok(Prepared {
+        kind: Kind::Open,
+        bad: false,
+        method: Method::GET,
+        uri_h1: path.parse().context("minted path is not a URI")?,
+        uri_h2: format!("http://{HOST}{path}")
+            .parse()
+            .context("minted URL is not a URI")?,
+        headers,
+    })
+}
+
 /// The `Host` header value for HTTP/1.1.
 pub fn host() -> HeaderValue {
     HeaderValue::from_static(HOST)
@@ -383,6 +437,24 @@ mod tests {
         assert!("open=0".parse::<Mix>().is_err());
         assert!("unsubscribe=3".parse::<Mix>().is_err());
         assert!("open".parse::<Mix>().is_err());
+    }
+
+    #[test]
+    fn the_pixel_request_verifies_and_carries_the_realistic_headers() {
+        let ring = ring();
+        let pixel = pixel(&ring).unwrap();
+        let token = pixel.uri_h1.path()[3..].trim_end_matches(".gif");
+        assert!(trackedge::verify(&ring, token, Kind::Open, 0, 4096).is_ok());
+        let header = |name: &str| {
+            pixel
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(header("x-forwarded-for").as_deref(), Some("81.2.69.142"));
+        assert!(header("user-agent").unwrap().contains("iPhone"));
+        assert!(header("accept").unwrap().starts_with("image/"));
     }
 
     #[test]

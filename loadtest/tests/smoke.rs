@@ -64,3 +64,93 @@ fn one_second_of_load_is_fully_accounted_for() {
     );
     assert!(report["load"]["latency"]["p50_us"].as_f64().expect("p50") > 0.0);
 }
+
+/// A tool the comparison needs: required under CI (which installs it), otherwise
+/// its part is left out with a printed reason.
+fn tool(name: &str) -> bool {
+    let found = trackedge_loadtest::process::find_program(name).is_some();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is missing under CI: .ci/run installs it"
+        );
+        eprintln!("{name} is not installed: its part of the comparison is skipped");
+    }
+    found
+}
+
+#[test]
+fn compare_measures_every_mode_against_the_real_servers() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let json = temp.path().join("compare.json");
+    let (wrk, h2load, nginx) = (tool("wrk"), tool("h2load"), tool("nginx"));
+    let mut modes = vec!["saturation", "tls_full", "tls_resume"];
+    if h2load {
+        modes.extend(["tls_keepalive", "h2c", "h2"]);
+    }
+    let mut command = Command::new(HARNESS);
+    command
+        .arg("compare")
+        .arg("--server-bin")
+        .arg(trackedge_bin())
+        .args(["--modes", &modes.join(",")])
+        .args(["--rounds", "1", "--max-seconds", "1", "--connections", "8"])
+        .args([
+            "--tls-connections",
+            "4",
+            "--h2-connections",
+            "2",
+            "--h2-streams",
+            "4",
+        ])
+        .args(["--geoip-networks", "3000", "--quiet", "--no-pin"])
+        .arg("--json")
+        .arg(&json);
+    if !wrk {
+        command.arg("--no-wrk");
+    }
+    if !nginx {
+        command.arg("--no-nginx");
+    }
+    let output = command.output().expect("run the harness");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "harness failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written"))
+            .expect("report is JSON");
+    let measurements = report["measurements"].as_array().expect("measurements");
+    let servers: &[&str] = if nginx {
+        &["floor", "trackedge", "nginx"]
+    } else {
+        &["floor", "trackedge"]
+    };
+    for mode in &modes {
+        for server in servers {
+            let m = measurements
+                .iter()
+                .find(|m| m["phase"] == *mode && m["server"] == *server)
+                .unwrap_or_else(|| panic!("no {server} {mode} in {stdout}"));
+            assert!(m["completed"].as_u64().expect("completed") > 0, "{m}");
+            assert!(m["cpu_us"].as_f64().expect("cpu") > 0.0, "{m}");
+            assert!(m["memory_peak"]["rss"].as_f64().expect("rss") > 1.0, "{m}");
+            assert_eq!(m["errors"], 0, "{m}");
+            let resumed = m["resumed_share"].as_f64();
+            match *mode {
+                "tls_full" => assert_eq!(resumed, Some(0.0), "{m}"),
+                // The first connection of each client has no ticket yet.
+                "tls_resume" => assert!(resumed.expect("resumed") > 0.5, "{m}"),
+                _ => assert!(resumed.is_none()),
+            }
+        }
+    }
+    let phases = report["summary"]["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), modes.len());
+    let ratio = &phases[0]["ratios"][0];
+    assert_eq!(ratio["name"], "trackedge/floor cpu per unit");
+    assert!(ratio["median"].as_f64().expect("ratio") > 0.0);
+    assert!(stdout.contains("== saturation"), "{stdout}");
+}

@@ -17,6 +17,7 @@ pub(super) struct RawForward {
     max_batch_events: usize,
     max_batch_bytes: usize,
     max_in_flight: usize,
+    linger_ms: u64,
     backoff_initial_ms: u64,
     backoff_max_ms: u64,
     circuit_failures: u32,
@@ -71,6 +72,8 @@ pub struct ForwardConfig {
     pub max_batch_events: NonZeroUsize,
     pub max_batch_bytes: usize,
     pub max_in_flight: NonZeroUsize,
+    /// How long the oldest waiting event may wait for a fuller batch.
+    pub linger: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub circuit_failures: u32,
@@ -146,6 +149,10 @@ impl RawForward {
             max_batch_bytes: self.max_batch_bytes.max(1),
             max_in_flight: NonZeroUsize::new(self.max_in_flight)
                 .ok_or_else(|| invalid("forward.max_in_flight", "must be at least 1"))?,
+            linger: match self.linger_ms {
+                0..=60_000 => Duration::from_millis(self.linger_ms),
+                _ => return Err(invalid("forward.linger_ms", "must be at most 60000 ms")),
+            },
             backoff_initial: millis("forward.backoff_initial_ms", self.backoff_initial_ms, 1)?,
             backoff_max: millis("forward.backoff_max_ms", self.backoff_max_ms, 1)?,
             circuit_failures: self.circuit_failures.max(1),

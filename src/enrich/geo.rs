@@ -4,12 +4,14 @@
 //! Input: the full client address (never written anywhere). Output: a [`Geo`]
 //! (country ISO code, first subdivision's ISO code, English city name, latitude and
 //! longitude rounded to one decimal, time zone) and an [`Asn`] (number and
-//! organisation). Invariants: each database is read whole into memory and parsed
-//! and verified before it is used, so a lookup never touches disk; a reload builds a
-//! new reader off the request path and swaps it in atomically (`arc-swap`); a file
-//! that fails to load keeps the previous reader in force, is logged and counted.
-//! Memory mapping is not offered: `maxminddb`'s `open_mmap` is an `unsafe fn` and
-//! the crate forbids `unsafe`.
+//! organisation). Invariants: each database is copied into the edge's own directory
+//! and memory-mapped ([`super::mapped`]: a private, unlinked copy, so rewriting the
+//! source in place cannot change what a reader sees), parsed and verified before it
+//! is used; lookups read the mapping (page cache, touched pages only, no private
+//! copy of the file); a reload builds a new reader off the request path and swaps
+//! it in atomically (`arc-swap`), the old mapping going with its last reader; a
+//! file that fails to load keeps the previous reader in force, is logged and
+//! counted.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -17,15 +19,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use maxminddb::{MaxMindDbError, Reader};
+use memmap2::Mmap;
 use metrics::Counter;
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::mapped;
 use super::twogen::TwoGen;
 use crate::metrics as m;
 use crate::reload::{FileStamp, LastSeen};
 
-/// Larger files are refused: the whole file is held in memory.
+/// Larger files are refused: each is copied and mapped whole.
 pub const MAX_DB_BYTES: u64 = 1 << 30;
 /// Decoded records kept per database. Many addresses share one record (a city, a
 /// network owner), so the hot ones are decoded once rather than per event.
@@ -190,13 +194,13 @@ fn owned(text: Option<&str>) -> Option<Box<str>> {
 /// A reader and its decoded records, keyed by data-section offset; swapped together
 /// so a cached record always belongs to the reader in force.
 struct Loaded {
-    reader: Reader<Vec<u8>>,
+    reader: Reader<Mmap>,
     cities: TwoGen<usize, Option<Arc<Geo>>>,
     networks: TwoGen<usize, Arc<Asn>>,
 }
 
 impl Loaded {
-    fn new(reader: Reader<Vec<u8>>) -> Loaded {
+    fn new(reader: Reader<Mmap>) -> Loaded {
         Loaded {
             reader,
             cities: TwoGen::new(RECORD_CACHE_ENTRIES, None, 0),
@@ -209,6 +213,8 @@ impl Loaded {
 pub struct Db {
     kind: DbKind,
     path: PathBuf,
+    /// Where private copies of the file are made (see [`super::mapped`]).
+    copies: PathBuf,
     loaded: ArcSwap<Loaded>,
     last_seen: LastSeen<Option<FileStamp>>,
     found: Counter,
@@ -216,28 +222,35 @@ pub struct Db {
     errors: Counter,
 }
 
-/// Reads, parses and verifies one database file.
-pub fn load(kind: DbKind, path: &Path) -> Result<Reader<Vec<u8>>, GeoError> {
+/// Copies, maps, parses and verifies one database file; `copies` is the directory
+/// for the private copy (the edge's data dir).
+pub fn load(kind: DbKind, path: &Path, copies: &Path) -> Result<Reader<Mmap>, GeoError> {
     let key = kind.config_key();
     let read_err = |source| GeoError::Read {
         key,
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
     if len > MAX_DB_BYTES {
         return Err(GeoError::TooLarge {
             key,
             path: path.to_owned(),
         });
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
+    let copy = mapped::private_copy(&mut file, copies).map_err(|source| GeoError::Read {
+        key,
+        path: copies.to_owned(),
+        source,
+    })?;
     let invalid = |source| GeoError::Invalid {
         key,
         path: path.to_owned(),
         source,
     };
-    let reader = Reader::from_source(bytes).map_err(invalid)?;
+    let map = || mapped::map(&copy).map_err(read_err);
+    let reader = Reader::from_source(map()?).map_err(invalid)?;
     // A truncated or corrupt data section would otherwise only show at lookup time.
     reader.verify().map_err(invalid)?;
     let found = reader.metadata().database_type.to_ascii_lowercase();
@@ -254,17 +267,22 @@ pub fn load(kind: DbKind, path: &Path) -> Result<Reader<Vec<u8>>, GeoError> {
             want,
         });
     }
-    Ok(reader)
+    // Verifying read every page into this mapping; a fresh one of the same copy
+    // starts with none, so the process holds only what lookups touch.
+    drop(reader);
+    Reader::from_source(map()?).map_err(invalid)
 }
 
 impl Db {
-    pub fn open(kind: DbKind, path: PathBuf) -> Result<Db, GeoError> {
+    /// Loads `path`, copying it into `copies` (see [`load`]).
+    pub fn open(kind: DbKind, path: PathBuf, copies: PathBuf) -> Result<Db, GeoError> {
         let stamp = FileStamp::of(&path);
-        let reader = load(kind, &path)?;
+        let reader = load(kind, &path, &copies)?;
         let lookups = |result: &'static str| metrics::counter!(m::GEOIP_LOOKUPS_TOTAL, "db" => kind.as_str(), "result" => result);
         let db = Db {
             kind,
             path,
+            copies,
             loaded: ArcSwap::from_pointee(Loaded::new(reader)),
             last_seen: LastSeen::new(stamp),
             found: lookups("found"),
@@ -290,7 +308,7 @@ impl Db {
     /// Loads the file again; on error the previous reader stays in force.
     pub fn reload(&self) -> Result<(), GeoError> {
         let db = self.kind.as_str();
-        match load(self.kind, &self.path) {
+        match load(self.kind, &self.path, &self.copies) {
             Ok(reader) => {
                 self.loaded.store(Arc::new(Loaded::new(reader)));
                 metrics::counter!(m::GEOIP_RELOADS_TOTAL, "db" => db, "result" => "ok")
@@ -322,7 +340,7 @@ impl Db {
         &self,
         ip: IpAddr,
         cache: impl Fn(&Loaded) -> &TwoGen<usize, T>,
-        decode: impl FnOnce(&maxminddb::LookupResult<'_, Vec<u8>>) -> Result<Option<T>, MaxMindDbError>,
+        decode: impl FnOnce(&maxminddb::LookupResult<'_, Mmap>) -> Result<Option<T>, MaxMindDbError>,
     ) -> Option<T> {
         let loaded = self.loaded.load();
         let found = match loaded.reader.lookup(ip) {
@@ -422,7 +440,7 @@ mod tests {
     fn city_lookups_on_the_fixture() {
         let dir = tempfile::tempdir().unwrap();
         let path = fixtures::write_city(dir.path(), "a");
-        let db = Db::open(DbKind::City, path).unwrap();
+        let db = Db::open(DbKind::City, path, dir.path().join("copies")).unwrap();
         let zurich = db.city("81.2.69.160".parse().unwrap()).unwrap();
         assert_eq!(zurich.country.as_deref(), Some("CH"));
         assert_eq!(zurich.region.as_deref(), Some("ZH"));
@@ -445,7 +463,12 @@ mod tests {
     #[test]
     fn asn_lookups_on_the_fixture() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(DbKind::Asn, fixtures::write_asn(dir.path())).unwrap();
+        let db = Db::open(
+            DbKind::Asn,
+            fixtures::write_asn(dir.path()),
+            dir.path().join("copies"),
+        )
+        .unwrap();
         let asn = db.asn("81.2.69.160".parse().unwrap()).unwrap();
         assert_eq!(asn.number, 64_500);
         assert_eq!(asn.org.as_deref(), Some("Example Transit AG"));
@@ -458,7 +481,7 @@ mod tests {
     fn reload_swaps_in_a_new_file_and_keeps_the_old_one_when_broken() {
         let dir = tempfile::tempdir().unwrap();
         let path = fixtures::write_city(dir.path(), "a");
-        let db = Db::open(DbKind::City, path.clone()).unwrap();
+        let db = Db::open(DbKind::City, path.clone(), dir.path().join("copies")).unwrap();
         let ip: IpAddr = "81.2.69.160".parse().unwrap();
         assert_eq!(db.city(ip).unwrap().city.as_deref(), Some("Zürich"));
         fixtures::write_city(dir.path(), "b");
@@ -480,10 +503,11 @@ mod tests {
     fn a_swapped_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let asn = fixtures::write_asn(dir.path());
-        let err = Db::open(DbKind::City, asn).err().unwrap();
+        let copies = dir.path().join("copies");
+        let err = Db::open(DbKind::City, asn, copies.clone()).err().unwrap();
         assert_eq!(err.as_str(), "wrong_type");
         let city = fixtures::write_city(dir.path(), "a");
-        assert!(Db::open(DbKind::Asn, city).is_err());
+        assert!(Db::open(DbKind::Asn, city, copies).is_err());
     }
 
     #[test]

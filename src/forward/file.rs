@@ -49,10 +49,37 @@ fn open_append(path: &std::path::Path) -> std::io::Result<File> {
 }
 
 impl State {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.written > 0 && self.written + bytes.len() as u64 > self.max_file_bytes {
-            self.rotate()?;
+    /// Appends whole lines, rotating whenever the next lines would take the file
+    /// past `max_file_bytes` (a batch may span files; a single line longer than the
+    /// bound gets a file of its own).
+    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let room = self.max_file_bytes.saturating_sub(self.written);
+            let mut take = if bytes.len() as u64 <= room {
+                bytes.len()
+            } else {
+                let fits = &bytes[..room as usize];
+                fits.iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |at| at + 1)
+            };
+            if take == 0 {
+                if self.written > 0 {
+                    self.rotate()?;
+                    continue;
+                }
+                take = bytes
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |at| at + 1);
+            }
+            self.append(&bytes[..take])?;
+            bytes = &bytes[take..];
         }
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(open_append(&self.path)?),
@@ -126,6 +153,32 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_batch_spans_files_at_line_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let sink = FileSink::open(&FileSinkConfig {
+            path: path.clone(),
+            max_file_bytes: 100,
+        })
+        .unwrap();
+        let batch: String = (0..10).map(|n| format!("{{\"n\":{n:030}}}\n")).collect();
+        let long = format!("{{\"long\":\"{}\"}}\n", "x".repeat(150));
+        let mut state = sink.state.lock().unwrap();
+        state.write(batch.as_bytes()).unwrap();
+        state.write(long.as_bytes()).unwrap();
+        drop(state);
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            assert!(text.ends_with('\n'), "whole lines only");
+            assert!(text.len() <= 100 || text == long, "{} bytes", text.len());
+            lines.extend(text.lines().map(str::to_owned));
+        }
+        lines.sort();
+        assert_eq!(lines.len(), 11);
+    }
 
     #[test]
     fn rotates_past_the_size_and_keeps_every_line() {

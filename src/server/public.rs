@@ -24,6 +24,10 @@ use crate::slots::{Refused, Slot, Slots};
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// hyper's HTTP/1 header count limit when none is set (`DEFAULT_MAX_HEADERS` in
+/// hyper's `proto::h1::role`); also the default of `public.max_headers`.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Why a public connection was refused or ended in error; `as_str` is the `reason`
 /// label of `trackedge_http_connection_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,13 +96,18 @@ pub(super) fn connection_builder(config: &Config) -> Arc<auto::Builder<TokioExec
     if !config.public.http2 {
         builder = builder.http1_only();
     }
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(config.public.header_read_timeout)
         .max_buf_size(config.public.max_header_bytes)
-        .max_headers(config.public.max_headers)
         .keep_alive(true);
+    // hyper parses into an inline array of its default size (100) unless a limit is
+    // set; a set limit, even the same number, makes it build and fill a new array of
+    // that size for every request (about 1,700 instructions per request).
+    if config.public.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        http1.max_headers(config.public.max_headers);
+    }
     if config.public.http2 {
         builder
             .http2()

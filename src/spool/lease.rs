@@ -15,8 +15,10 @@ use crate::event::now_ms;
 use crate::record::{self, RecordRef};
 use crate::store::{Bytes, Seq, StoreError};
 
-/// Spool segments read at once when leasing.
-const SEGMENTS_PER_READ: usize = 64;
+/// Spool segments read at once when leasing: enough for a full batch
+/// (`forward.max_batch_events`, 1000 by default) of the small segments the store
+/// keeps inline (about 10 events each, see `store::MAX_INLINE_VALUE_BYTES`).
+const SEGMENTS_PER_READ: usize = 256;
 
 /// The outcome of [`Spool::lease`].
 #[derive(Default)]

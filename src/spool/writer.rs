@@ -180,6 +180,11 @@ impl WriterTask {
                 self.commit(segment);
             }
             if disconnected || !full {
+                // `batch` durability: one fsync for everything this wake-up took,
+                // however many segments it made.
+                if self.config.durability == Durability::EveryBatch {
+                    self.flush();
+                }
                 break disconnected;
             }
         };
@@ -262,7 +267,15 @@ impl WriterTask {
 
     fn is_full(&self, segment: &SegmentWriter) -> bool {
         segment.len() >= self.config.max_batch_events.get()
-            || segment.bytes() >= self.config.max_batch_bytes
+            || segment.bytes() >= self.max_segment_bytes()
+    }
+
+    /// A group commit is stored as segments no larger than the store keeps inline
+    /// ([`crate::store::MAX_INLINE_VALUE_BYTES`]; one event may overshoot it).
+    fn max_segment_bytes(&self) -> usize {
+        self.config
+            .max_batch_bytes
+            .min(crate::store::MAX_INLINE_VALUE_BYTES)
     }
 
     /// How long to sleep: one batch delay, or less when an fsync or a relabel falls
@@ -314,9 +327,6 @@ impl WriterTask {
                 self.written.increment(events);
                 self.batches.increment(1);
                 self.unflushed_since.get_or_insert_with(Instant::now);
-                if self.config.durability == Durability::EveryBatch {
-                    self.flush();
-                }
             }
             Err(err) => {
                 self.failed(&err, events);
