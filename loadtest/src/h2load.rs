@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 
 /// `h2load` from PATH or the usual places (Debian: nghttp2-client).
@@ -80,17 +80,7 @@ pub fn run(bin: &Path, spec: &H2loadSpec) -> anyhow::Result<H2loadOutcome> {
         cmd.arg("-H").arg(format!("{name}: {value}"));
     }
     cmd.arg(format!("{scheme}://{}{}", spec.target, spec.path));
-    let output = cmd
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "h2load failed: {}{}",
-            text,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let text = crate::process::client_output(&mut cmd, "h2load")?;
     parse(&text).with_context(|| format!("unexpected h2load output:\n{text}"))
 }
 

@@ -45,6 +45,23 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Runs a load client to its end: its standard output, or an error carrying both of
+/// its streams when it failed.
+pub fn client_output(cmd: &mut Command, name: &str) -> anyhow::Result<String> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{name} failed: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(text)
+}
+
 /// Pins every thread of this process to `core` (threads started later inherit it).
 pub fn pin_self(core: usize) -> anyhow::Result<()> {
     let status = Command::new("taskset")

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 
 /// `wrk` from PATH or the usual places.
@@ -63,17 +63,7 @@ pub fn run(bin: &Path, spec: &WrkSpec) -> anyhow::Result<WrkOutcome> {
         cmd.arg("-H").arg(format!("{name}: {value}"));
     }
     cmd.arg(format!("http://{}{}", spec.target, spec.path));
-    let output = cmd
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed: {}{}",
-            text,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let text = crate::process::client_output(&mut cmd, "wrk")?;
     parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
 }
 
