@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{claims, eventually, request_with, send, TestServer, BIN};
@@ -61,6 +61,24 @@ async fn wait_for(server: &TestServer, result: &str, at_least: f64) {
     assert!(reached, "no {result} reload: {}", server.stderr());
 }
 
+/// The operator's files in `dir` (a `nets` directory holding set `acme-one`, and
+/// `rules.toml` classing it) and a config that watches them every
+/// `reload_interval_ms`; returns the directory, the rules file and the config.
+fn operator_files(dir: &Path, reload_interval_ms: u64) -> (PathBuf, PathBuf, String) {
+    let nets = dir.join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    std::fs::write(nets.join("acme-one.toml"), set("acme-one", "192.0.2.0/25")).unwrap();
+    let rules_path = dir.join("rules.toml");
+    std::fs::write(&rules_path, rules("acme-one", "acme-one")).unwrap();
+    let config = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [classify]\nrules_file = {:?}\nnetworks_dir = {:?}\nreload_interval_ms = {reload_interval_ms}\n",
+        rules_path.display().to_string(),
+        nets.display().to_string()
+    );
+    (nets, rules_path, config)
+}
+
 fn write(path: &Path, text: &str) {
     // Written beside and renamed into place, as an operator's deploy would.
     let temp = path.with_extension("tmp");
@@ -71,17 +89,7 @@ fn write(path: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_rules_and_network_sets_reload_on_change_and_a_broken_file_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
-    let nets = dir.path().join("nets");
-    std::fs::create_dir(&nets).unwrap();
-    std::fs::write(nets.join("acme-one.toml"), set("acme-one", "192.0.2.0/25")).unwrap();
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(&rules_path, rules("acme-one", "acme-one")).unwrap();
-    let config = format!(
-        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-         [classify]\nrules_file = {:?}\nnetworks_dir = {:?}\nreload_interval_ms = 100\n",
-        rules_path.display().to_string(),
-        nets.display().to_string()
-    );
+    let (nets, rules_path, config) = operator_files(dir.path(), 100);
     let mut server = TestServer::start_in(dir.path(), &config);
     assert_eq!(
         server
@@ -156,18 +164,8 @@ async fn operator_rules_and_network_sets_reload_on_change_and_a_broken_file_keep
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_rules_without_waiting_for_the_poll() {
     let dir = tempfile::tempdir().unwrap();
-    let nets = dir.path().join("nets");
-    std::fs::create_dir(&nets).unwrap();
-    std::fs::write(nets.join("acme-one.toml"), set("acme-one", "192.0.2.0/25")).unwrap();
-    let rules_path = dir.path().join("rules.toml");
-    std::fs::write(&rules_path, rules("acme-one", "acme-one")).unwrap();
     // The poll is an hour away: only the signal can bring the new file in.
-    let config = format!(
-        "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-         [classify]\nrules_file = {:?}\nnetworks_dir = {:?}\nreload_interval_ms = 3600000\n",
-        rules_path.display().to_string(),
-        nets.display().to_string()
-    );
+    let (_nets, rules_path, config) = operator_files(dir.path(), 3_600_000);
     let mut server = TestServer::start_in(dir.path(), &config);
     write(
         &rules_path,
