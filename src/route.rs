@@ -381,14 +381,11 @@ fn record(edge: &Edge, claims: Claims, hit: &Hit) {
             hit.at_ms,
             &event,
             Vec::new(),
-            relabel.verdict.class.clone(),
-            relabel.verdict.reason.clone(),
+            relabel.verdict.class,
+            relabel.verdict.reason,
             relabel.verdict.certainty,
         ),
         ids: relabel.ids,
-        class: relabel.verdict.class,
-        reason: relabel.verdict.reason,
-        certainty: relabel.verdict.certainty,
     });
     if edge.events.send(event).is_ok() {
         edge.metrics.emitted(kind);

@@ -45,6 +45,16 @@ async fn hit(server: &TestServer, claims: &Claims, client: &str) -> u16 {
         .as_u16()
 }
 
+/// Waits (bounded) until `trackedge_classify_relabelled_events_total{outcome}`
+/// reaches `count`; whether it did.
+async fn relabelled(server: &TestServer, outcome: &str, count: f64) -> bool {
+    let series = format!("trackedge_classify_relabelled_events_total{{outcome=\"{outcome}\"}}");
+    eventually(Duration::from_secs(10), || async {
+        server.metric(&series).await == count
+    })
+    .await
+}
+
 fn arrived(upstream: &Upstream) -> Vec<serde_json::Value> {
     upstream.received.lock().unwrap().events.clone()
 }
@@ -76,15 +86,8 @@ async fn inside_the_hold_back_a_burst_leaves_labelled_as_a_burst() {
     for n in 1..=3 {
         assert_eq!(hit(&server, &link("m-burst", n), "203.0.113.5").await, 302);
     }
-    let relabelled = eventually(Duration::from_secs(10), || async {
-        server
-            .metric("trackedge_classify_relabelled_events_total{outcome=\"relabelled\"}")
-            .await
-            == 2.0
-    })
-    .await;
     assert!(
-        relabelled,
+        relabelled(&server, "relabelled", 2.0).await,
         "the first two clicks are relabelled in the spool"
     );
     assert!(
@@ -199,15 +202,8 @@ async fn a_trap_hit_relabels_its_networks_clicks_and_spares_another_network() {
         let series = format!("trackedge_classify_rule_hits_total{{reason=\"{reason}\"}}");
         assert_eq!(server.metric(&series).await, 1.0, "{series}");
     }
-    let relabelled = eventually(Duration::from_secs(10), || async {
-        server
-            .metric("trackedge_classify_relabelled_events_total{outcome=\"relabelled\"}")
-            .await
-            == 1.0
-    })
-    .await;
     assert!(
-        relabelled,
+        relabelled(&server, "relabelled", 1.0).await,
         "the click before the trap is relabelled in the spool"
     );
     assert!(server.terminate().success());
@@ -262,12 +258,7 @@ async fn a_trap_after_the_click_left_sends_a_reclassify_that_erasure_reaches() {
     assert_eq!(reclassify["class"], "link_scanner:trap");
     assert_eq!(reclassify["class_reason"], "trap_network");
     assert_eq!(reclassify["certainty"], "probable");
-    assert_eq!(
-        server
-            .metric("trackedge_classify_relabelled_events_total{outcome=\"reclassify\"}")
-            .await,
-        1.0
-    );
+    assert!(relabelled(&server, "reclassify", 1.0).await);
     // The reclassify event is the recipient's data too: export lists it while the
     // edge holds it, and erasure leaves nothing of it behind.
     let erased = admin_json(&server, "DELETE", "/admin/subjects/acme/r").await;

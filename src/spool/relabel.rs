@@ -10,12 +10,10 @@
 //! it did not find is reported missing, never waited for.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use memchr::memmem;
 
 use super::Spool;
-use crate::enrich::verdict::{Certainty, Class};
 use crate::event::{Event, EventId};
 use crate::metrics as m;
 use crate::record;
@@ -29,10 +27,8 @@ pub const MAX_SCAN_BYTES: u64 = 32 << 20;
 #[derive(Debug)]
 pub struct Relabel {
     pub ids: Vec<EventId>,
-    pub class: Class,
-    pub reason: Arc<str>,
-    pub certainty: Certainty,
-    /// Sent with `ids` set to the events that may have left, if any did.
+    /// Sent with `ids` set to the events that may have left, if any did; its
+    /// `class`, `class_reason` and `certainty` are the new label.
     pub reclassify: Event,
 }
 
@@ -54,7 +50,8 @@ impl Spool {
         let (Some(oldest), Some(newest)) = (times.clone().min(), times.max()) else {
             return Ok(Found::default());
         };
-        let class = relabel.class.to_string();
+        let label = &relabel.reclassify;
+        let class = label.class.to_string();
         let mut pending: Vec<(EventId, String)> =
             relabel.ids.iter().map(|id| (*id, id.to_string())).collect();
         let mut found = Found::default();
@@ -98,9 +95,9 @@ impl Spool {
                     return None;
                 }
                 let new = set_string_field(json, "class", &class)
-                    .and_then(|json| set_string_field(&json, "class_reason", &relabel.reason))
+                    .and_then(|json| set_string_field(&json, "class_reason", &label.class_reason))
                     .and_then(|json| {
-                        set_string_field(&json, "certainty", relabel.certainty.as_str())
+                        set_string_field(&json, "certainty", label.certainty.as_str())
                     })?;
                 here.push(id);
                 Some(new)

@@ -323,18 +323,14 @@ fn timed_id(n: u128, ts: u64) -> EventId {
 }
 
 fn relabel_of(ts: u64, ids: &[u128]) -> Relabel {
-    let class: crate::enrich::verdict::Class = "link_scanner:burst".parse().unwrap();
     Relabel {
         ids: ids.iter().map(|&n| timed_id(n, ts)).collect(),
-        class: class.clone(),
-        reason: "click_burst".into(),
-        certainty: Certainty::Probable,
         reclassify: Event::reclassify(
             EventId(1 << 100),
             now_ms(),
             &event(0, 0),
             Vec::new(),
-            class,
+            "link_scanner:burst".parse().unwrap(),
             "click_burst".into(),
             Certainty::Probable,
         ),
@@ -391,7 +387,7 @@ async fn a_relabel_rewrites_held_events_and_names_the_ones_that_may_have_left() 
     );
     // Relabelled already: a second relabel (a trap after the burst) keeps the first.
     let mut trap = relabel_of(now, &[2]);
-    trap.class = "link_scanner:trap".parse().unwrap();
+    trap.reclassify.class = "link_scanner:trap".parse().unwrap();
     assert_eq!(spool.relabel(&trap).unwrap(), Found::default());
     assert_eq!(classes_of(&spool, "m2"), "link_scanner:burst");
     drop(lease);
