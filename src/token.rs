@@ -29,6 +29,10 @@ pub const MAX_TARGET_BYTES: usize = 2048;
 pub const MAX_ID_BYTES: usize = 255;
 
 const HEADER_LEN: usize = 4;
+/// Decoded tokens up to this size stay on the stack: every hit decodes one, and a
+/// typical token is about 100 bytes (longer ones, with long ids or targets, go to
+/// the heap).
+const STACK_TOKEN_BYTES: usize = 512;
 const FLAG_EXPIRES: u8 = 1;
 const FLAG_SENT_AT: u8 = 1 << 1;
 const FLAG_RECIPIENT: u8 = 1 << 2;
@@ -430,9 +434,19 @@ pub fn verify_any(
         return Err(TokenError::TooLong);
     }
     let (routing, token) = routing::split(segment).ok_or(TokenError::Malformed)?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| TokenError::Malformed)?;
+    let mut on_stack = [0u8; STACK_TOKEN_BYTES];
+    let on_heap: Vec<u8>;
+    let bytes: &[u8] = if token.len().div_ceil(4) * 3 <= STACK_TOKEN_BYTES {
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(token, &mut on_stack)
+            .map_err(|_| TokenError::Malformed)?;
+        &on_stack[..len]
+    } else {
+        on_heap = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        &on_heap
+    };
     if bytes.len() < HEADER_LEN + TAG_LEN {
         return Err(TokenError::Malformed);
     }

@@ -5,10 +5,9 @@
 //! address). Output: [`CidrSet::contains`] answers for client addresses.
 //! Invariant: IPv4 lives inside IPv6 as `::ffff:a.b.c.d`, so an IPv4 network matches
 //! both the plain and the IPv4-mapped form of an address. Written here rather than
-//! taken from a crate because the set needs only parse + mask + a hashed lookup per
-//! prefix length (a handful of lookups whatever the list size).
+//! taken from a crate because the set needs only parse + mask + one binary search
+//! over merged ranges (about 12 steps for the largest shipped list).
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -78,31 +77,33 @@ impl FromStr for Cidr {
     }
 }
 
-/// Many networks, answered with one hash lookup per distinct prefix length.
-#[derive(Debug, Clone, Default)]
+/// Many networks, answered with one binary search over their merged ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrSet {
-    /// Longest prefix first; each set holds masked networks of that length.
-    by_prefix: Vec<(u8, HashSet<u128, foldhash::fast::RandomState>)>,
+    /// Inclusive `(first, last)` keys, sorted, disjoint and not adjacent: the
+    /// networks' union. Provider lists mix a dozen or more prefix lengths, so a
+    /// lookup per length cost more than this one search.
+    ranges: Vec<(u128, u128)>,
     len: usize,
 }
 
 impl CidrSet {
     pub fn new(networks: impl IntoIterator<Item = Cidr>) -> CidrSet {
-        let mut set = CidrSet::default();
-        for cidr in networks {
-            set.len += 1;
-            match set.by_prefix.iter_mut().find(|(p, _)| *p == cidr.prefix) {
-                Some((_, networks)) => {
-                    networks.insert(cidr.network);
-                }
-                None => set
-                    .by_prefix
-                    .push((cidr.prefix, HashSet::from_iter([cidr.network]))),
+        let mut ranges: Vec<(u128, u128)> = networks.into_iter().map(|c| c.range()).collect();
+        let len = ranges.len();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (first, last) in ranges {
+            match merged.last_mut() {
+                Some((_, end)) if first <= end.saturating_add(1) => *end = (*end).max(last),
+                _ => merged.push((first, last)),
             }
         }
-        set.by_prefix
-            .sort_by_key(|(prefix, _)| std::cmp::Reverse(*prefix));
-        set
+        merged.shrink_to_fit();
+        CidrSet {
+            ranges: merged,
+            len,
+        }
     }
 
     /// Parses every entry; the error names the first bad one.
@@ -124,9 +125,8 @@ impl CidrSet {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let key = key(ip);
-        self.by_prefix
-            .iter()
-            .any(|(prefix, networks)| networks.contains(&(key & mask(*prefix))))
+        let after = self.ranges.partition_point(|(first, _)| *first <= key);
+        after > 0 && self.ranges[after - 1].1 >= key
     }
 }
 
@@ -197,6 +197,62 @@ mod tests {
         assert!(!v4.contains(ip("2001:db8::1")));
         let all = CidrSet::parse(&["::/0"]).unwrap();
         assert!(all.contains(ip("8.8.8.8")) && all.contains(ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn nested_overlapping_and_adjacent_networks_answer_like_each_network() {
+        let entries = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.255.255.255",
+            "11.0.0.0/8",
+            "192.0.2.0/25",
+            "192.0.2.128/25",
+            "198.51.100.7",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "2001:db9::/48",
+            "::/0",
+        ];
+        let networks: Vec<Cidr> = entries.iter().map(|e| e.parse().unwrap()).collect();
+        for taken in 0..=networks.len() {
+            let set = CidrSet::new(networks[..taken].iter().copied());
+            assert_eq!(set.len(), taken);
+            let probe = |ip: IpAddr| {
+                let expected = networks[..taken].iter().any(|n| n.contains(ip));
+                assert_eq!(set.contains(ip), expected, "{ip} in the first {taken}");
+            };
+            for text in [
+                "9.255.255.255",
+                "10.0.0.0",
+                "10.1.2.3",
+                "11.255.255.255",
+                "12.0.0.0",
+                "192.0.1.255",
+                "192.0.2.127",
+                "192.0.2.128",
+                "192.0.3.0",
+                "198.51.100.6",
+                "198.51.100.7",
+                "198.51.100.8",
+                "2001:db8::",
+                "2001:db8:ffff::1",
+                "2001:db9::1",
+                "2001:db9:1::",
+                "::",
+                "::1",
+            ] {
+                probe(ip(text));
+            }
+            for _ in 0..2000 {
+                let v4 = Ipv4Addr::from(rand::random::<u32>() & 0x0fff_ffff | 0x0800_0000);
+                probe(IpAddr::V4(v4));
+                let v6 = Ipv6Addr::from(
+                    0x2001_0db8_u128 << 96 | u128::from(rand::random::<u32>()) << 64,
+                );
+                probe(IpAddr::V6(v6));
+            }
+        }
     }
 
     #[test]

@@ -50,16 +50,16 @@ pub(super) fn matches(key: &Key, text: &str, tenant: &str, message: &str) -> boo
     if text.len() != ROUTING_KEY_LEN {
         return false;
     }
-    let Ok(given) = URL_SAFE_NO_PAD.decode(text) else {
+    let mut given = [0u8; ROUTING_KEY_BYTES];
+    if URL_SAFE_NO_PAD.decode_slice(text, &mut given) != Ok(ROUTING_KEY_BYTES) {
         return false;
-    };
+    }
     let expected = raw(key, tenant, message);
-    given.len() == ROUTING_KEY_BYTES
-        && given
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
 }
 
 /// Splits a URL's token segment into its routing key (if it has one) and the token:

@@ -27,6 +27,24 @@ fn sign_then_verify_round_trips_every_field() {
 }
 
 #[test]
+fn tokens_on_either_side_of_the_stack_buffer_round_trip_and_refuse_tampering() {
+    for target_len in [10, 300, STACK_TOKEN_BYTES - 60, STACK_TOKEN_BYTES, 2000] {
+        let claims = Claims {
+            target: Some(format!("https://example.com/{}", "p".repeat(target_len))),
+            ..click()
+        };
+        let token = sign(ring().signing_key(), &claims).unwrap();
+        let verified = verify(&ring(), &token, Kind::Click, 1_800_000_000, 8192);
+        assert_eq!(verified, Ok(claims), "target of {target_len}");
+        let mut edited = token.into_bytes();
+        let last = edited.len() - 1;
+        edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+        let edited = String::from_utf8(edited).unwrap();
+        assert!(verify(&ring(), &edited, Kind::Click, 1_800_000_000, 8192).is_err());
+    }
+}
+
+#[test]
 fn minimal_open_token_is_compact() {
     let claims = Claims {
         kind: Kind::Open,
