@@ -387,11 +387,11 @@ impl Pipeline {
         );
         let mut ndjson = Vec::new();
         let mut event_ts = Vec::with_capacity(lease.events() as usize);
-        for record in lease.records() {
+        lease.for_each_record(|record| {
             ndjson.extend_from_slice(record.json);
             ndjson.push(b'\n');
             event_ts.push(record.ts_ms);
-        }
+        });
         let gzip = self.sink.wants_gzip().then(|| gzip(&ndjson));
         Batch {
             id,

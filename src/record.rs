@@ -4,19 +4,37 @@
 //! events is one write to the engine, not a thousand.
 //!
 //! ```text
-//! segment = version:u8 (= 1) | count:u32 | oldest_ts:u64 | newest_ts:u64 | record*
+//! segment = version:u8 | count:u32 | oldest_ts:u64 | newest_ts:u64 | body
+//! body    = record*                               (version 1)
+//!         | raw_len:u32 | lz4_block(record*)      (version 2: compressed)
 //! record  = len:u32 | ts:u64 | json[len - 8]
 //! ```
 //!
 //! Integers are big-endian; `ts` is the event time in unix ms (age bounds and forward
 //! latency need no JSON parsing); `json` is exactly the line the sinks send, so
-//! forwarding never re-encodes.
+//! forwarding never re-encodes. The header stays uncompressed, so counts and ages
+//! are read without decompressing.
+//!
+//! The writer stores version 2 (an LZ4 block, the format of `lz4_flex::block`)
+//! whenever it is smaller. Events of one edge share most of their bytes (field
+//! names, user agents, places), so a stored segment holds several times the events
+//! it would plain, and the store does that many times fewer inserts, removes and
+//! log writes per event. Version 1 segments, written before compression, are read
+//! as ever.
 
 use crate::event::Event;
 
 pub const SEGMENT_VERSION: u8 = 1;
+pub const COMPRESSED_SEGMENT_VERSION: u8 = 2;
 const HEADER_LEN: usize = 1 + 4 + 8 + 8;
+const RAW_LEN_LEN: usize = 4;
 const RECORD_HEADER_LEN: usize = 4 + 8;
+/// Bodies shorter than this are stored plain: too small to gain.
+const MIN_COMPRESSED_BODY: usize = 256;
+/// The largest body a compressed segment may claim: far above any the writer makes
+/// (`spool.max_batch_bytes` caps a segment's records), and the bound on what a
+/// damaged header can make a reader allocate.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -26,6 +44,8 @@ pub enum RecordError {
     UnsupportedVersion(u8),
     #[error("segment says {said} records but holds {found}")]
     CountMismatch { said: u32, found: u32 },
+    #[error("compressed segment body is damaged")]
+    Damaged,
 }
 
 /// Builds one segment, encoding events straight into its buffer.
@@ -90,6 +110,7 @@ impl SegmentWriter {
         self.starts.is_empty()
     }
 
+    /// Plain (uncompressed) bytes so far, header included.
     pub fn bytes(&self) -> usize {
         self.buf.len()
     }
@@ -108,25 +129,61 @@ impl SegmentWriter {
         dropped
     }
 
-    /// The finished segment bytes.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// The segment as stored: compressed when that is smaller. (The writer stays
+    /// usable: a bound may truncate it and ask again.)
+    pub fn finish(&self) -> Vec<u8> {
         let count = self.starts.len() as u32;
         let oldest = if count == 0 { 0 } else { self.oldest };
-        self.buf[0] = SEGMENT_VERSION;
-        self.buf[1..5].copy_from_slice(&count.to_be_bytes());
-        self.buf[5..13].copy_from_slice(&oldest.to_be_bytes());
-        self.buf[13..21].copy_from_slice(&self.newest.to_be_bytes());
-        self.buf
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = SEGMENT_VERSION;
+        header[1..5].copy_from_slice(&count.to_be_bytes());
+        header[5..13].copy_from_slice(&oldest.to_be_bytes());
+        header[13..21].copy_from_slice(&self.newest.to_be_bytes());
+        let body = &self.buf[HEADER_LEN..];
+        if body.len() >= MIN_COMPRESSED_BODY && body.len() <= MAX_BODY_BYTES {
+            if let Some(compressed) = compress(&header, body) {
+                return compressed;
+            }
+        }
+        let mut plain = Vec::with_capacity(self.buf.len());
+        plain.extend_from_slice(&header);
+        plain.extend_from_slice(body);
+        plain
     }
 }
 
-/// A decoded view of a segment.
-#[derive(Debug, Clone, Copy)]
+/// `header` and `body` as a version 2 segment, if that is smaller than plain.
+fn compress(header: &[u8; HEADER_LEN], body: &[u8]) -> Option<Vec<u8>> {
+    let prefix = HEADER_LEN + RAW_LEN_LEN;
+    let mut out = vec![0u8; prefix + lz4_flex::block::get_maximum_output_size(body.len())];
+    let written = lz4_flex::block::compress_into(body, &mut out[prefix..]).ok()?;
+    if prefix + written >= HEADER_LEN + body.len() {
+        return None;
+    }
+    out.truncate(prefix + written);
+    out[..HEADER_LEN].copy_from_slice(header);
+    out[0] = COMPRESSED_SEGMENT_VERSION;
+    out[HEADER_LEN..prefix].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    Some(out)
+}
+
+/// A decoded view of a segment: the header at once, the body when first asked.
+#[derive(Debug)]
 pub struct Segment<'a> {
     pub count: u32,
     pub oldest_ts: u64,
     pub newest_ts: u64,
-    body: &'a [u8],
+    body: Body<'a>,
+}
+
+#[derive(Debug)]
+enum Body<'a> {
+    Plain(&'a [u8]),
+    Compressed {
+        raw_len: usize,
+        block: &'a [u8],
+        raw: std::cell::OnceCell<Option<Vec<u8>>>,
+    },
 }
 
 /// One event inside a segment.
@@ -149,25 +206,62 @@ pub fn decode(bytes: &[u8]) -> Result<Segment<'_>, RecordError> {
     if bytes.len() < HEADER_LEN {
         return Err(RecordError::Truncated);
     }
-    if bytes[0] != SEGMENT_VERSION {
-        return Err(RecordError::UnsupportedVersion(bytes[0]));
-    }
+    let body = match bytes[0] {
+        SEGMENT_VERSION => Body::Plain(&bytes[HEADER_LEN..]),
+        COMPRESSED_SEGMENT_VERSION => {
+            if bytes.len() < HEADER_LEN + RAW_LEN_LEN {
+                return Err(RecordError::Truncated);
+            }
+            let raw_len = be_u32(&bytes[HEADER_LEN..]) as usize;
+            if raw_len > MAX_BODY_BYTES {
+                return Err(RecordError::Damaged);
+            }
+            Body::Compressed {
+                raw_len,
+                block: &bytes[HEADER_LEN + RAW_LEN_LEN..],
+                raw: std::cell::OnceCell::new(),
+            }
+        }
+        other => return Err(RecordError::UnsupportedVersion(other)),
+    };
     Ok(Segment {
         count: be_u32(&bytes[1..]),
         oldest_ts: be_u64(&bytes[5..]),
         newest_ts: be_u64(&bytes[13..]),
-        body: &bytes[HEADER_LEN..],
+        body,
     })
 }
 
-impl<'a> Segment<'a> {
+impl Segment<'_> {
+    /// The records' bytes (decompressed once, on the first call).
+    pub fn body(&self) -> Result<&[u8], RecordError> {
+        match &self.body {
+            Body::Plain(body) => Ok(body),
+            Body::Compressed {
+                raw_len,
+                block,
+                raw,
+            } => raw
+                .get_or_init(|| {
+                    let mut out = vec![0u8; *raw_len];
+                    match lz4_flex::block::decompress_into(block, &mut out) {
+                        Ok(len) if len == *raw_len => Some(out),
+                        _ => None,
+                    }
+                })
+                .as_deref()
+                .ok_or(RecordError::Damaged),
+        }
+    }
+
     /// Every record, or the first error; the count must match the header.
-    pub fn records(&self) -> Result<Vec<RecordRef<'a>>, RecordError> {
+    pub fn records(&self) -> Result<Vec<RecordRef<'_>>, RecordError> {
+        let body = self.body()?;
         // The count comes from storage and may be damaged: reserve no more records
         // than the body has room for, or a bad header asks for gigabytes.
-        let room = self.body.len() / RECORD_HEADER_LEN;
+        let room = body.len() / RECORD_HEADER_LEN;
         let mut records = Vec::with_capacity((self.count as usize).min(room));
-        let mut rest = self.body;
+        let mut rest = body;
         while !rest.is_empty() {
             if rest.len() < RECORD_HEADER_LEN {
                 return Err(RecordError::Truncated);
@@ -209,7 +303,8 @@ pub fn filter(
     bytes: &[u8],
     mut keep: impl FnMut(&RecordRef<'_>) -> bool,
 ) -> Result<Filtered, RecordError> {
-    let records = decode(bytes)?.records()?;
+    let segment = decode(bytes)?;
+    let records = segment.records()?;
     let kept: Vec<RecordRef<'_>> = records.iter().copied().filter(|r| keep(r)).collect();
     let removed = (records.len() - kept.len()) as u64;
     if removed == 0 {
@@ -234,7 +329,8 @@ pub fn rewrite(
     bytes: &[u8],
     mut replace: impl FnMut(&[u8]) -> Option<Vec<u8>>,
 ) -> Result<Option<Vec<u8>>, RecordError> {
-    let records = decode(bytes)?.records()?;
+    let segment = decode(bytes)?;
+    let records = segment.records()?;
     let mut writer = SegmentWriter::new();
     let mut changed = false;
     for record in records {
@@ -250,6 +346,16 @@ pub fn rewrite(
         }
     }
     Ok(changed.then(|| writer.finish()))
+}
+
+/// The segment in its plain form (version 1, as edges stored it before
+/// compression): for tests and fuzz seeds of the older format.
+pub fn to_plain(bytes: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let segment = decode(bytes)?;
+    let mut plain = bytes[..HEADER_LEN].to_vec();
+    plain[0] = SEGMENT_VERSION;
+    plain.extend_from_slice(segment.body()?);
+    Ok(plain)
 }
 
 /// Events in a stored segment (0 if unreadable: it is counted as it is removed).
@@ -285,6 +391,108 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(records[1].json).unwrap();
         assert_eq!(json["message"], "m2");
         assert_eq!(count_of(&bytes), 3);
+    }
+
+    fn plain(writer: &SegmentWriter) -> Vec<u8> {
+        to_plain(&writer.finish()).unwrap()
+    }
+
+    #[test]
+    fn similar_events_are_stored_compressed_and_read_back_the_same() {
+        let mut writer = SegmentWriter::new();
+        for n in 0..50 {
+            writer.push(&event(n, 1_000 + n as u64)).unwrap();
+        }
+        let stored = writer.finish();
+        assert_eq!(stored[0], COMPRESSED_SEGMENT_VERSION);
+        let old = plain(&writer);
+        assert!(
+            stored.len() * 4 < old.len(),
+            "{} stored bytes for {} plain",
+            stored.len(),
+            old.len()
+        );
+        let (new, old) = (decode(&stored).unwrap(), decode(&old).unwrap());
+        assert_eq!(
+            (new.count, new.oldest_ts, new.newest_ts),
+            (50, 1_000, 1_049)
+        );
+        assert_eq!(count_of(&stored), 50);
+        assert_eq!(new.records().unwrap(), old.records().unwrap());
+        assert_eq!(new.body().unwrap(), old.body().unwrap());
+    }
+
+    #[test]
+    fn plain_segments_of_older_edges_still_read() {
+        let mut writer = SegmentWriter::new();
+        for n in 0..5 {
+            writer.push(&event(n, 7)).unwrap();
+        }
+        let old = plain(&writer);
+        assert_eq!(decode(&old).unwrap().records().unwrap().len(), 5);
+        let kept = filter(&old, |r| r.json.windows(4).any(|w| w == b"\"m3\"")).unwrap();
+        let Filtered::Rewritten { bytes, removed: 4 } = kept else {
+            panic!("{kept:?}");
+        };
+        assert_eq!(decode(&bytes).unwrap().records().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn what_does_not_compress_is_stored_plain() {
+        let mut writer = SegmentWriter::new();
+        let noise: Vec<u8> = (0..4000).map(|_| rand::random::<u8>()).collect();
+        writer.push_raw(RecordRef {
+            ts_ms: 1,
+            json: &noise,
+        });
+        let stored = writer.finish();
+        assert_eq!(stored[0], SEGMENT_VERSION);
+        assert_eq!(
+            decode(&stored).unwrap().records().unwrap()[0].json,
+            &noise[..]
+        );
+        let mut small = SegmentWriter::new();
+        small.push_raw(RecordRef {
+            ts_ms: 1,
+            json: b"{}",
+        });
+        assert_eq!(small.finish()[0], SEGMENT_VERSION);
+    }
+
+    #[test]
+    fn damaged_compressed_segments_are_errors_not_panics() {
+        let mut writer = SegmentWriter::new();
+        for n in 0..20 {
+            writer.push(&event(n, 1)).unwrap();
+        }
+        let stored = writer.finish();
+        assert_eq!(stored[0], COMPRESSED_SEGMENT_VERSION);
+        let raw_len = HEADER_LEN..HEADER_LEN + RAW_LEN_LEN;
+        let mut huge = stored.clone();
+        huge[raw_len.clone()].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&huge).unwrap_err(), RecordError::Damaged);
+        let mut longer = stored.clone();
+        let claimed = be_u32(&stored[HEADER_LEN..]) + 1;
+        longer[raw_len].copy_from_slice(&claimed.to_be_bytes());
+        assert_eq!(
+            decode(&longer).unwrap().records(),
+            Err(RecordError::Damaged)
+        );
+        for cut in [
+            HEADER_LEN,
+            HEADER_LEN + 2,
+            HEADER_LEN + RAW_LEN_LEN,
+            stored.len() - 1,
+        ] {
+            let result = decode(&stored[..cut]).and_then(|s| s.records().map(|r| r.len()));
+            assert!(result.is_err(), "cut at {cut}: {result:?}");
+        }
+        for at in HEADER_LEN + RAW_LEN_LEN..stored.len() {
+            let mut flipped = stored.clone();
+            flipped[at] ^= 0x55;
+            // Either an error or some records; never a panic or a huge allocation.
+            let _ = decode(&flipped).map(|s| s.records().map(|r| r.len()));
+        }
     }
 
     #[test]

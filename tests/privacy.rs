@@ -203,6 +203,19 @@ fn bytes_under(dir: &std::path::Path) -> Vec<u8> {
     all
 }
 
+/// The records of every segment in a stopped edge's spool, decompressed: segments
+/// are stored compressed, so a plain search of the files would prove nothing.
+fn spooled_records(dir: &std::path::Path) -> Vec<u8> {
+    let store = trackedge::store::Store::open(dir, 1 << 20).unwrap();
+    let mut all = Vec::new();
+    for entry in store.iter() {
+        let (_, bytes) = entry.unwrap();
+        let segment = trackedge::record::decode(&bytes).unwrap();
+        all.extend_from_slice(segment.body().unwrap());
+    }
+    all
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -215,25 +228,34 @@ async fn each_ip_mode_holds_on_disk_and_upstream() {
     const FULL: &str = "127.0.0.1";
     for mode in ["truncate", "full", "hash", "none"] {
         let upstream = Upstream::start(Mode::Hangup).await;
-        let server = TestServer::start(&format!(
+        let config = format!(
             "[privacy]\nip_mode = \"{mode}\"\n[spool]\ndurability = \"batch\"\n\
              [forward]\nsink = \"http\"\nbackoff_initial_ms = 10\nbackoff_max_ms = 100\ncircuit_open_ms = 200\n\
-             [forward.http]\nurl = \"{}\"\ngzip = false\n",
+             shutdown_grace_ms = 200\n[forward.http]\nurl = \"{}\"\ngzip = false\n",
             upstream.url()
-        ));
+        );
+        let mut first = TestServer::start(&config);
         for n in 0..5 {
-            hit(&server, &open_claims("r", &format!("m{n}")), &[]).await;
+            hit(&first, &open_claims("r", &format!("m{n}")), &[]).await;
         }
         // The gauge is published after the commit's fsync, so the files hold them.
         let held = eventually(Duration::from_secs(10), || async {
-            server.metric("trackedge_spool_events").await >= 5.0
+            first.metric("trackedge_spool_events").await >= 5.0
         })
         .await;
         assert!(held);
-        let on_disk = bytes_under(&server.dir.join("spool"));
+        if mode != "full" {
+            assert!(
+                !contains(&bytes_under(&first.dir.join("spool")), FULL),
+                "{mode}: full address in the spool files"
+            );
+        }
+        // Stopped, the upstream still hanging up: the events stay in the spool.
+        assert!(first.terminate().success());
+        let on_disk = spooled_records(&first.dir.join("spool"));
         assert!(
             contains(&on_disk, "m4"),
-            "{mode}: the events are in the spool files"
+            "{mode}: the events are in the spool"
         );
         assert_eq!(
             contains(&on_disk, FULL),
@@ -241,6 +263,8 @@ async fn each_ip_mode_holds_on_disk_and_upstream() {
             "{mode}: full address on disk"
         );
 
+        // A second edge on the same spool forwards what the first one held.
+        let _second = TestServer::start_in(&first.dir, &config);
         upstream.set_mode(Mode::Accept);
         let arrived = eventually(Duration::from_secs(20), || async {
             upstream.distinct_ids() == 5

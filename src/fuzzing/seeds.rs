@@ -137,7 +137,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .push(&event(&mut input))
             .expect("seed events serialize");
     }
-    add("segment_decode", "segment", writer.finish());
+    let stored = writer.finish();
+    // The same records as older edges stored them.
+    let plain = crate::record::to_plain(&stored).expect("a written segment decodes");
+    add("segment_decode", "segment", stored);
+    add("segment_decode", "segment-plain", plain);
     add("segment_decode", "events", description);
     seeds
 }

@@ -144,14 +144,17 @@ impl Lease {
         self.seqs.is_empty()
     }
 
-    /// Every record of the leased segments, in order.
-    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        self.segments.iter().flat_map(|segment| {
-            record::decode(segment)
-                .and_then(|s| s.records())
-                // Checked readable when leased; a lease holds only what it read.
-                .unwrap_or_default()
-        })
+    /// Hands every record of the leased segments to `visit`, in order.
+    pub fn for_each_record(&self, mut visit: impl FnMut(RecordRef<'_>)) {
+        for bytes in &self.segments {
+            let Ok(segment) = record::decode(bytes) else {
+                continue;
+            };
+            // Checked readable when leased; a lease holds only what it read.
+            for record in segment.records().unwrap_or_default() {
+                visit(record);
+            }
+        }
     }
 
     /// Whether [`Lease::refresh`] would change anything: cheap, no I/O.

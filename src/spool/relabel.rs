@@ -71,10 +71,13 @@ impl Spool {
             if segment.oldest_ts > newest {
                 continue;
             }
-            scanned += bytes.len() as u64;
+            let Ok(body) = segment.body() else {
+                continue;
+            };
+            scanned += body.len() as u64;
             if !pending
                 .iter()
-                .any(|(_, text)| memmem::find(&bytes, text.as_bytes()).is_some())
+                .any(|(_, text)| memmem::find(body, text.as_bytes()).is_some())
             {
                 continue;
             }

@@ -182,7 +182,10 @@ impl Spool {
         let mut exported = 0;
         for entry in self.store.iter().chain(self.store.dead_letters()) {
             let (_, segment) = entry?;
-            let Ok(records) = record::decode(&segment).and_then(|s| s.records()) else {
+            let Ok(segment) = record::decode(&segment) else {
+                continue;
+            };
+            let Ok(records) = segment.records() else {
                 continue;
             };
             let mut chunk = Vec::new();

@@ -33,6 +33,13 @@ const RELABEL_ATTEMPTS: u8 = 3;
 const IN_TRANSIT_MS: u64 = 500;
 /// Relabels waiting at once; beyond, they are done at once.
 const MAX_DEFERRED: usize = 1024;
+/// The most plain bytes a segment may take per stored byte it is expected to need:
+/// if the events suddenly stop compressing, a segment overshoots the inline bound
+/// by at most this factor, once (the next one is sized by what it measured).
+const MAX_PLAIN_PER_STORED: f64 = 8.0;
+/// Sizes segments a little below what the last one measured: the next batch may
+/// compress worse.
+const PLAIN_PER_STORED_MARGIN: f64 = 0.8;
 
 /// A relabel waiting for its events.
 struct Deferred {
@@ -70,6 +77,7 @@ impl Writer {
             unflushed_since: None,
             last_housekeeping: Instant::now(),
             deferred: Vec::new(),
+            plain_per_stored: 1.0,
             reclassified: metrics::counter!(m::CLASSIFY_RELABELLED_EVENTS_TOTAL, "outcome" => "reclassify"),
             written: metrics::counter!(m::EVENTS_WRITTEN_TOTAL),
             batches: metrics::counter!(m::SPOOL_BATCHES_WRITTEN_TOTAL),
@@ -109,6 +117,9 @@ struct WriterTask {
     unflushed_since: Option<Instant>,
     last_housekeeping: Instant,
     deferred: Vec<Deferred>,
+    /// Plain segment bytes per stored byte, from the last full segment (with
+    /// [`PLAIN_PER_STORED_MARGIN`]); 1 until measured.
+    plain_per_stored: f64,
     reclassified: Counter,
     written: Counter,
     batches: Counter,
@@ -272,10 +283,11 @@ impl WriterTask {
 
     /// A group commit is stored as segments no larger than the store keeps inline
     /// ([`crate::store::MAX_INLINE_VALUE_BYTES`]; one event may overshoot it).
+    /// Segments are compressed, so this bounds their plain size by what the last
+    /// full one compressed to.
     fn max_segment_bytes(&self) -> usize {
-        self.config
-            .max_batch_bytes
-            .min(crate::store::MAX_INLINE_VALUE_BYTES)
+        let inline = crate::store::MAX_INLINE_VALUE_BYTES as f64 * self.plain_per_stored;
+        self.config.max_batch_bytes.min(inline as usize)
     }
 
     /// How long to sleep: one batch delay, or less when an fsync or a relabel falls
@@ -301,8 +313,15 @@ impl WriterTask {
     }
 
     fn commit(&mut self, mut segment: SegmentWriter) {
+        let plain = segment.bytes();
+        let full = plain >= self.max_segment_bytes();
+        let mut stored = segment.finish();
+        if full {
+            self.plain_per_stored = (PLAIN_PER_STORED_MARGIN * plain as f64 / stored.len() as f64)
+                .clamp(1.0, MAX_PLAIN_PER_STORED);
+        }
         let held = self.spool.counts.bytes.load(Ordering::Relaxed);
-        let excess = (held + segment.bytes() as u64).saturating_sub(self.config.max_bytes);
+        let excess = (held + stored.len() as u64).saturating_sub(self.config.max_bytes);
         if excess > 0 {
             if self.config.full_policy == FullPolicy::DropOldest {
                 if let Err(err) = self.spool.evict_oldest(excess) {
@@ -313,7 +332,15 @@ impl WriterTask {
             // still does not fit once nothing unleased and older is left.
             let held = self.spool.counts.bytes.load(Ordering::Relaxed);
             let room = self.config.max_bytes.saturating_sub(held) as usize;
-            let refused = segment.truncate_to(room);
+            let mut refused = 0;
+            while stored.len() > room && !segment.is_empty() {
+                // The plain bytes that fit if the rest compresses as these did;
+                // fewer records compress no better, so this never drops too many.
+                let plain = segment.bytes();
+                let fits = (plain as u128 * room as u128 / stored.len() as u128) as usize;
+                refused += segment.truncate_to(fits.min(plain - 1));
+                stored = segment.finish();
+            }
             self.spool.dropped(DropReason::SpoolFull, refused as u64);
         }
         if segment.is_empty() {
@@ -321,7 +348,7 @@ impl WriterTask {
         }
         let events = segment.len() as u64;
         let seq = self.next_seq;
-        match self.spool.append(seq, segment.finish(), events) {
+        match self.spool.append(seq, stored, events) {
             Ok(()) => {
                 self.next_seq += 1;
                 self.written.increment(events);
