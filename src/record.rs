@@ -132,23 +132,55 @@ impl SegmentWriter {
     /// The segment as stored: compressed when that is smaller. (The writer stays
     /// usable: a bound may truncate it and ask again.)
     pub fn finish(&self) -> Vec<u8> {
-        let count = self.starts.len() as u32;
+        self.finish_first(self.starts.len())
+    }
+
+    /// The first `count` records (at most all of them) as a stored segment.
+    /// (Times stay those of the full batch: only used for ages.)
+    pub fn finish_first(&self, count: usize) -> Vec<u8> {
+        let count = count.min(self.starts.len());
+        let end = self.starts.get(count).copied().unwrap_or(self.buf.len());
         let oldest = if count == 0 { 0 } else { self.oldest };
         let mut header = [0u8; HEADER_LEN];
         header[0] = SEGMENT_VERSION;
-        header[1..5].copy_from_slice(&count.to_be_bytes());
+        header[1..5].copy_from_slice(&(count as u32).to_be_bytes());
         header[5..13].copy_from_slice(&oldest.to_be_bytes());
         header[13..21].copy_from_slice(&self.newest.to_be_bytes());
-        let body = &self.buf[HEADER_LEN..];
+        let body = &self.buf[HEADER_LEN..end];
         if body.len() >= MIN_COMPRESSED_BODY && body.len() <= MAX_BODY_BYTES {
             if let Some(compressed) = compress(&header, body) {
                 return compressed;
             }
         }
-        let mut plain = Vec::with_capacity(self.buf.len());
+        let mut plain = Vec::with_capacity(HEADER_LEN + body.len());
         plain.extend_from_slice(&header);
         plain.extend_from_slice(body);
         plain
+    }
+
+    /// Keeps the most leading records whose stored segment takes at most
+    /// `max_stored` bytes; returns how many were dropped. Compressed sizes do not
+    /// grow in proportion to the records (the last ones may compress worse than the
+    /// rest), so this searches: about log2(records) compressions.
+    pub fn truncate_stored_to(&mut self, max_stored: usize) -> usize {
+        let total = self.starts.len();
+        if self.finish().len() <= max_stored {
+            return 0;
+        }
+        // `fits` always fits (nothing is stored for no records), `too_many` never.
+        let (mut fits, mut too_many) = (0, total);
+        while too_many - fits > 1 {
+            let middle = fits + (too_many - fits) / 2;
+            if self.finish_first(middle).len() <= max_stored {
+                fits = middle;
+            } else {
+                too_many = middle;
+            }
+        }
+        let end = self.starts.get(fits).copied().unwrap_or(self.buf.len());
+        self.buf.truncate(end);
+        self.starts.truncate(fits);
+        total - fits
     }
 }
 
@@ -213,7 +245,10 @@ pub fn decode(bytes: &[u8]) -> Result<Segment<'_>, RecordError> {
                 return Err(RecordError::Truncated);
             }
             let raw_len = be_u32(&bytes[HEADER_LEN..]) as usize;
-            if raw_len > MAX_BODY_BYTES {
+            let block_len = bytes.len() - HEADER_LEN - RAW_LEN_LEN;
+            // LZ4 expands a block at most about 255 times: a damaged length cannot
+            // make a reader allocate more than that, nor more than any writer wrote.
+            if raw_len > MAX_BODY_BYTES || raw_len > block_len.saturating_mul(255) + 16 {
                 return Err(RecordError::Damaged);
             }
             Body::Compressed {
@@ -251,6 +286,14 @@ impl Segment<'_> {
                 })
                 .as_deref()
                 .ok_or(RecordError::Damaged),
+        }
+    }
+
+    /// The records' size uncompressed (from the header: nothing is decompressed).
+    pub fn plain_len(&self) -> usize {
+        match &self.body {
+            Body::Plain(body) => body.len(),
+            Body::Compressed { raw_len, .. } => *raw_len,
         }
     }
 
@@ -492,6 +535,37 @@ mod tests {
             flipped[at] ^= 0x55;
             // Either an error or some records; never a panic or a huge allocation.
             let _ = decode(&flipped).map(|s| s.records().map(|r| r.len()));
+        }
+    }
+
+    #[test]
+    fn stored_truncation_keeps_the_most_records_that_fit_when_the_last_compress_worse() {
+        let mut writer = SegmentWriter::new();
+        for n in 0..60 {
+            writer.push(&event(n, 1)).unwrap();
+        }
+        for _ in 0..3 {
+            let noise: Vec<u8> = (0..1500).map(|_| rand::random::<u8>()).collect();
+            writer.push_raw(RecordRef {
+                ts_ms: 1,
+                json: &noise,
+            });
+        }
+        let all = writer.len();
+        for room in [0, 40, 600, 1500, 2500, 4000, writer.finish().len() - 1] {
+            let mut cut = SegmentWriter::new();
+            for record in decode(&writer.finish()).unwrap().records().unwrap() {
+                cut.push_raw(record);
+            }
+            let dropped = cut.truncate_stored_to(room);
+            let kept = cut.len();
+            assert_eq!(kept + dropped, all);
+            assert!(kept == 0 || cut.finish().len() <= room, "room {room}");
+            // One more would not have fitted (the search takes the longest prefix).
+            assert!(
+                writer.finish_first(kept + 1).len() > room,
+                "room {room}: kept {kept}"
+            );
         }
     }
 

@@ -5,9 +5,9 @@
 //! never waits: a full channel drops the event and counts it. The writer thread
 //! ([`writer`]; disk I/O never runs on the async workers) wakes every `batch_delay`,
 //! takes what has arrived in segments of up to `max_batch_events` events or
-//! `max_batch_bytes` (and at most [`crate::store::MAX_INLINE_VALUE_BYTES`], what the
-//! store keeps inline), encodes each ([`crate::record`]) and appends it under the
-//! next sequence number: one engine write per segment, and no wake-up per request.
+//! `max_batch_bytes` (and, compressed, about [`crate::store::MAX_INLINE_VALUE_BYTES`],
+//! what the store keeps inline), encodes each ([`crate::record`]) and appends it under
+//! the next sequence number: one engine write per segment, and no wake-up per request.
 //!
 //! Durability: in `interval` mode the writer fsyncs at most `flush_every` after a
 //! write, in `batch` mode after every batch. Loss on a crash (kill -9, power loss) is
@@ -255,10 +255,17 @@ impl Spool {
                     return Ok(None);
                 }
                 self.counts.records.fetch_sub(removed, Ordering::Relaxed);
-                self.counts.bytes.fetch_sub(
-                    (old.len() as u64).saturating_sub(new_len),
-                    Ordering::Relaxed,
-                );
+                // Compressed anew, fewer records need not take fewer bytes.
+                let old_len = old.len() as u64;
+                if new_len <= old_len {
+                    self.counts
+                        .bytes
+                        .fetch_sub(old_len - new_len, Ordering::Relaxed);
+                } else {
+                    self.counts
+                        .bytes
+                        .fetch_add(new_len - old_len, Ordering::Relaxed);
+                }
                 Ok(Some(stored))
             }
         }

@@ -17,7 +17,8 @@ use crate::store::{Bytes, Seq, StoreError};
 
 /// Spool segments read at once when leasing: enough for a full batch
 /// (`forward.max_batch_events`, 1000 by default) of the small segments the store
-/// keeps inline (about 10 events each, see `store::MAX_INLINE_VALUE_BYTES`).
+/// keeps inline (about 10 events each if they do not compress, see
+/// `store::MAX_INLINE_VALUE_BYTES`).
 const SEGMENTS_PER_READ: usize = 256;
 
 /// The outcome of [`Spool::lease`].
@@ -69,10 +70,16 @@ impl Spool {
             }
             let mut taken: Vec<(Seq, Bytes)> = Vec::new();
             let mut events = 0;
+            // `max_bytes` bounds the batch as sent: plain bytes, not stored ones.
+            let mut plain_bytes = 0;
             let mut corrupt = Vec::new();
             let mut too_young = false;
             for (seq, bytes) in segments {
                 if !taken.is_empty() && events >= max_events as u64 {
+                    break;
+                }
+                let plain_len = record::decode(&bytes).map_or(bytes.len(), |s| s.plain_len());
+                if !taken.is_empty() && plain_bytes + plain_len > max_bytes {
                     break;
                 }
                 // A segment from the future (the clock stepped back) is not held: it
@@ -99,6 +106,7 @@ impl Spool {
                         self.dropped(DropReason::Retention, expired);
                         if let Some(kept) = kept {
                             events += record::count_of(&kept);
+                            plain_bytes += plain_len;
                             taken.push((seq, kept));
                         }
                     }

@@ -347,6 +347,37 @@ async fn plain_segments_an_older_edge_left_are_leased_then_follow_compressed_one
     writer.finish().await;
 }
 
+#[tokio::test]
+async fn a_lease_budgets_the_batch_in_plain_bytes_not_stored_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(20).unwrap();
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (0..100).map(|n| event(n, now))).await;
+    let (mut stored, mut plain) = (0, 0);
+    for entry in spool.store.iter() {
+        let (_, bytes) = entry.unwrap();
+        stored += bytes.len();
+        plain += record::decode(&bytes).unwrap().plain_len();
+    }
+    assert!(
+        stored * 3 < plain,
+        "{stored} stored bytes for {plain} plain"
+    );
+    // Everything fits the stored size, but a batch that large would send `plain`.
+    let lease = spool.lease(0, 1000, stored).unwrap().lease.unwrap();
+    assert!(lease.events() < 100, "{} events", lease.events());
+    let mut sent = 0;
+    lease.for_each_record(|record| sent += record.json.len() + 12);
+    assert!(sent <= stored || lease.seqs().len() == 1);
+    drop(lease);
+    let lease = spool.lease(0, 1000, plain).unwrap().lease.unwrap();
+    assert_eq!(lease.events(), 100);
+    drop(lease);
+    writer.finish().await;
+}
+
 use crate::enrich::verdict::Certainty;
 use relabel::Found;
 

@@ -332,13 +332,8 @@ impl WriterTask {
             // still does not fit once nothing unleased and older is left.
             let held = self.spool.counts.bytes.load(Ordering::Relaxed);
             let room = self.config.max_bytes.saturating_sub(held) as usize;
-            let mut refused = 0;
-            while stored.len() > room && !segment.is_empty() {
-                // The plain bytes that fit if the rest compresses as these did;
-                // fewer records compress no better, so this never drops too many.
-                let plain = segment.bytes();
-                let fits = (plain as u128 * room as u128 / stored.len() as u128) as usize;
-                refused += segment.truncate_to(fits.min(plain - 1));
+            let refused = segment.truncate_stored_to(room);
+            if refused > 0 {
                 stored = segment.finish();
             }
             self.spool.dropped(DropReason::SpoolFull, refused as u64);
