@@ -378,6 +378,30 @@ async fn a_lease_budgets_the_batch_in_plain_bytes_not_stored_ones() {
     writer.finish().await;
 }
 
+#[tokio::test]
+async fn segments_grow_with_what_they_compress_to_and_stay_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_batch_events = NonZeroUsize::new(1024).unwrap();
+    let (sender, writer, spool, _health) = running(&config).await;
+    let now = now_ms();
+    committed(&sender, (0..3000).map(|n| event(n, now))).await;
+    let inline = crate::store::MAX_INLINE_VALUE_BYTES;
+    let mut largest_plain = 0;
+    for entry in spool.store.iter() {
+        let (_, bytes) = entry.unwrap();
+        // One event may overshoot the bound; sample events are under 1 KiB.
+        assert!(bytes.len() <= inline + 1024, "{} stored bytes", bytes.len());
+        largest_plain = largest_plain.max(record::decode(&bytes).unwrap().plain_len());
+    }
+    assert!(
+        largest_plain > 2 * inline,
+        "no segment held more than {largest_plain} plain bytes"
+    );
+    assert_eq!(spool.records(), 3000);
+    writer.finish().await;
+}
+
 use crate::enrich::verdict::Certainty;
 use relabel::Found;
 
