@@ -347,6 +347,18 @@ async fn plain_segments_an_older_edge_left_are_leased_then_follow_compressed_one
     writer.finish().await;
 }
 
+/// Each stored segment's size as stored and its records' size uncompressed.
+fn stored_and_plain(spool: &Spool) -> Vec<(usize, usize)> {
+    spool
+        .store
+        .iter()
+        .map(|entry| {
+            let (_, bytes) = entry.unwrap();
+            (bytes.len(), record::decode(&bytes).unwrap().plain_len())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_lease_budgets_the_batch_in_plain_bytes_not_stored_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,12 +367,9 @@ async fn a_lease_budgets_the_batch_in_plain_bytes_not_stored_ones() {
     let (sender, writer, spool, _health) = running(&config).await;
     let now = now_ms();
     committed(&sender, (0..100).map(|n| event(n, now))).await;
-    let (mut stored, mut plain) = (0, 0);
-    for entry in spool.store.iter() {
-        let (_, bytes) = entry.unwrap();
-        stored += bytes.len();
-        plain += record::decode(&bytes).unwrap().plain_len();
-    }
+    let sizes = stored_and_plain(&spool);
+    let stored: usize = sizes.iter().map(|(stored, _)| stored).sum();
+    let plain: usize = sizes.iter().map(|(_, plain)| plain).sum();
     assert!(
         stored * 3 < plain,
         "{stored} stored bytes for {plain} plain"
@@ -387,13 +396,13 @@ async fn segments_grow_with_what_they_compress_to_and_stay_inline() {
     let now = now_ms();
     committed(&sender, (0..3000).map(|n| event(n, now))).await;
     let inline = crate::store::MAX_INLINE_VALUE_BYTES;
-    let mut largest_plain = 0;
-    for entry in spool.store.iter() {
-        let (_, bytes) = entry.unwrap();
-        // One event may overshoot the bound; sample events are under 1 KiB.
-        assert!(bytes.len() <= inline + 1024, "{} stored bytes", bytes.len());
-        largest_plain = largest_plain.max(record::decode(&bytes).unwrap().plain_len());
-    }
+    let sizes = stored_and_plain(&spool);
+    // One event may overshoot the bound; sample events are under 1 KiB.
+    assert!(
+        sizes.iter().all(|(stored, _)| *stored <= inline + 1024),
+        "{sizes:?}"
+    );
+    let largest_plain = sizes.iter().map(|(_, plain)| *plain).max().unwrap_or(0);
     assert!(
         largest_plain > 2 * inline,
         "no segment held more than {largest_plain} plain bytes"
