@@ -125,15 +125,8 @@ fn main() {
         privacy,
     );
     let claims = Claims {
-        kind: Kind::Open,
-        tenant: "acme".into(),
-        campaign: "spring-sale".into(),
-        message: "msg-00042".into(),
         recipient: Some("rcpt-4242".into()),
-        link: 0,
-        target: None,
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(Kind::Open, "acme", "spring-sale", "msg-00042")
     };
     let token = trackedge::sign(ring.signing_key(), &claims).expect("sign");
     let path = format!("/o/{token}.gif");

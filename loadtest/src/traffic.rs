@@ -207,16 +207,7 @@ pub fn prepare(keys: &KeyRing, spec: &TrafficSpec) -> anyhow::Result<Vec<Prepare
                 HeaderValue::from_static("1"),
             ));
         }
-        out.push(Prepared {
-            kind,
-            bad,
-            method: Method::GET,
-            uri_h1: path.parse().context("minted path is not a URI")?,
-            uri_h2: format!("http://{HOST}{path}")
-                .parse()
-                .context("minted URL is not a URI")?,
-            headers,
-        });
+        out.push(prepared(kind, bad, &path, headers)?);
     }
     Ok(out)
 }
@@ -242,15 +233,8 @@ pub const PIXEL_HEADERS: &[(&str, &str)] = &[
 /// One good open pixel request with [`PIXEL_HEADERS`], signed with `keys`.
 pub fn pixel(keys: &KeyRing) -> anyhow::Result<Prepared> {
     let claims = Claims {
-        kind: Kind::Open,
-        tenant: "acme".into(),
-        campaign: "spring-sale".into(),
-        message: "msg-00042".into(),
         recipient: Some("rcpt-4242".into()),
-        link: 0,
-        target: None,
-        expires_at: None,
-        sent_at: None,
+        ..Claims::new(Kind::Open, "acme", "spring-sale", "msg-00042")
     };
     let url = mint_url("http://x", keys, &claims).context("cannot mint a URL")?;
     let path = url.trim_start_matches("http://x").to_owned();
@@ -263,9 +247,19 @@ pub fn pixel(keys: &KeyRing) -> anyhow::Result<Prepared> {
             )
         })
         .collect();
+    prepared(Kind::Open, false, &path, headers)
+}
+
+/// A GET of the minted `path`, addressed for HTTP/1.1 and HTTP/2.
+fn prepared(
+    kind: Kind,
+    bad: bool,
+    path: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> anyhow::Result<Prepared> {
     Ok(Prepared {
-        kind: Kind::Open,
-        bad: false,
+        kind,
+        bad,
         method: Method::GET,
         uri_h1: path.parse().context("minted path is not a URI")?,
         uri_h2: format!("http://{HOST}{path}")
