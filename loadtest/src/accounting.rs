@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::load::KindCounts;
 use crate::receiver::IngestCounts;
+use crate::tally::KindCounts;
 
 /// Counters scraped from the edge's admin /metrics (summed over labels).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]

@@ -1,12 +1,12 @@
-//! Drives load: open loop at a fixed rate (paced by [`schedule::Pacer`], latency
-//! from the scheduled time) or closed loop (each connection sends as soon as its
-//! previous answer arrived), over many keep-alive connections, bounded by duration
-//! and request count. Each task records into its own histogram and counters, merged
-//! once at the end, so nothing is shared on the hot path but two atomic counters
-//! for the progress line.
+//! Drives load: open loop at a fixed rate (latency from the scheduled time) or
+//! closed loop (each connection sends as soon as its previous answer arrived), over
+//! many keep-alive connections, bounded by duration and request count. HTTP/1.1 at
+//! a fixed rate runs on [`crate::openloop`]'s single thread; the rest runs one tokio
+//! task per connection (HTTP/2 fixed-rate slots released by [`schedule::Pacer`]).
+//! Each task records into its own [`Tally`], merged once at the end, so nothing is
+//! shared on the hot path but two atomic counters for the progress line.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client::Connection;
-use crate::histogram::{Latencies, Summary};
+use crate::histogram::Summary;
+use crate::openloop;
 use crate::procstat;
+use crate::progress::Progress;
 use crate::schedule::{Pacer, Schedule};
+use crate::tally::{KindCounts, Tally, KIND_NAMES};
 use crate::traffic::Prepared;
 
 #[derive(Debug, Clone)]
@@ -34,32 +37,6 @@ pub struct LoadSpec {
     /// A request that takes longer is counted as a timeout and its connection dropped.
     pub timeout: Duration,
     pub progress: bool,
-}
-
-/// Counts for one kind of request, split by whether its token was good.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct KindCounts {
-    pub sent_good: u64,
-    pub sent_bad: u64,
-    /// Good-token requests answered with the route's success status (200 / 302).
-    pub answered_good: u64,
-    /// Bad-token requests answered (pixel 200, click 404 or fallback 302).
-    pub answered_bad: u64,
-    /// Answered with a status the route should not give (5xx, 4xx for a good token).
-    pub unexpected_status: u64,
-    /// No answer: connection error or timeout. Whether the server recorded it is unknown.
-    pub unanswered: u64,
-}
-
-impl KindCounts {
-    fn add(&mut self, other: &KindCounts) {
-        self.sent_good += other.sent_good;
-        self.sent_bad += other.sent_bad;
-        self.answered_good += other.answered_good;
-        self.answered_bad += other.answered_bad;
-        self.unexpected_status += other.unexpected_status;
-        self.unanswered += other.unanswered;
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,38 +77,6 @@ impl Outcome {
     }
 }
 
-struct TaskResult {
-    latencies: Latencies,
-    kinds: [KindCounts; 3],
-    status: BTreeMap<u16, u64>,
-    errors: u64,
-    timeouts: u64,
-    first_error: Option<String>,
-}
-
-fn kind_index(kind: trackedge::Kind) -> usize {
-    match kind {
-        trackedge::Kind::Open => 0,
-        trackedge::Kind::Click => 1,
-        // Unsubscribe, sender and trap links are not in the load mix; counted with
-        // downloads if they ever are.
-        trackedge::Kind::Download
-        | trackedge::Kind::Unsubscribe
-        | trackedge::Kind::Sender
-        | trackedge::Kind::Trap => 2,
-    }
-}
-const KIND_NAMES: [&str; 3] = ["open", "click", "download"];
-
-/// Whether `status` is the right answer for this request.
-fn expected(prepared: &Prepared, status: http::StatusCode) -> bool {
-    match (prepared.kind, prepared.bad) {
-        (trackedge::Kind::Open, _) => status == http::StatusCode::OK,
-        (_, false) => status == http::StatusCode::FOUND,
-        (_, true) => status == http::StatusCode::NOT_FOUND || status == http::StatusCode::FOUND,
-    }
-}
-
 struct Shared {
     spec: LoadSpec,
     requests: Arc<Vec<Prepared>>,
@@ -142,6 +87,15 @@ struct Shared {
     deadline: Instant,
     schedule: Option<Schedule>,
     limit: u64,
+}
+
+/// What a driver hands back: its tally and the request counts.
+struct Driven {
+    tally: Tally,
+    sent: u64,
+    answered: u64,
+    /// Open loop: slots that came due before the end.
+    released: u64,
 }
 
 /// Runs one load phase to completion.
@@ -162,6 +116,74 @@ pub async fn drive(spec: LoadSpec, requests: Arc<Vec<Prepared>>) -> anyhow::Resu
     };
     let cpu_before = procstat::cpu(0).ok();
     let start = Instant::now();
+    let driven = match schedule {
+        // HTTP/1.1 at a fixed rate: the single-threaded client that keeps its own
+        // time (see `openloop` for why the pacer-and-tasks design is not used).
+        Some(schedule) if !spec.http2 => {
+            let plan = openloop::Plan {
+                target: spec.target,
+                schedule,
+                limit,
+                duration: spec.duration,
+                connections: spec.connections,
+                timeout: spec.timeout,
+                progress: spec.progress,
+            };
+            let run =
+                tokio::task::spawn_blocking(move || openloop::run(&plan, &requests)).await??;
+            Driven {
+                tally: run.tally,
+                sent: run.sent,
+                answered: run.answered,
+                released: run.released,
+            }
+        }
+        _ => drive_tasks(&spec, requests, schedule, limit, start).await?,
+    };
+    let elapsed = start.elapsed();
+    let client_cpu_share = match (cpu_before, procstat::cpu(0).ok()) {
+        (Some(before), Some(after)) => {
+            after.since(&before).total.as_secs_f64() / elapsed.as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+    let Driven {
+        tally,
+        sent,
+        answered,
+        released,
+    } = driven;
+    Ok(Outcome {
+        mode: if schedule.is_some() { "open" } else { "closed" },
+        http: if spec.http2 { "h2c" } else { "http/1.1" },
+        connections: spec.connections,
+        target_rate: spec.rate,
+        elapsed_s: elapsed.as_secs_f64(),
+        sent,
+        answered,
+        errors: tally.errors,
+        timeouts: tally.timeouts,
+        missed_slots: released.saturating_sub(sent),
+        achieved_rps: answered as f64 / elapsed.as_secs_f64(),
+        status: tally.status,
+        kinds: KIND_NAMES.iter().copied().zip(tally.kinds).collect(),
+        latency: tally.latencies.corrected(),
+        service_time: tally.latencies.service(),
+        client_cpu_share,
+        curve: tally.latencies.curve(),
+        first_error: tally.first_error,
+    })
+}
+
+/// Closed loop, and HTTP/2 at a fixed rate: one tokio task per connection (per
+/// stream for HTTP/2), open-loop slots released by a [`Pacer`].
+async fn drive_tasks(
+    spec: &LoadSpec,
+    requests: Arc<Vec<Prepared>>,
+    schedule: Option<Schedule>,
+    limit: u64,
+    start: Instant,
+) -> anyhow::Result<Driven> {
     let shared = Arc::new(Shared {
         requests,
         next: AtomicU64::new(0),
@@ -203,57 +225,19 @@ pub async fn drive(spec: LoadSpec, requests: Arc<Vec<Prepared>>) -> anyhow::Resu
     if let Some(pacer) = pacer.as_mut() {
         pacer.stop();
     }
-    let mut latencies = Latencies::new();
-    let mut kinds = [KindCounts::default(); 3];
-    let mut status = BTreeMap::new();
-    let (mut errors, mut timeouts, mut first_error) = (0, 0, None);
+    let mut tally = Tally::default();
     while let Some(joined) = tasks.join_next().await {
-        let result = joined?;
-        latencies.merge(&result.latencies);
-        for (total, part) in kinds.iter_mut().zip(&result.kinds) {
-            total.add(part);
-        }
-        for (code, count) in result.status {
-            *status.entry(code).or_insert(0) += count;
-        }
-        errors += result.errors;
-        timeouts += result.timeouts;
-        if first_error.is_none() {
-            first_error = result.first_error;
-        }
+        tally.merge(joined?);
     }
-    let elapsed = start.elapsed();
     if let Some(progress) = progress {
         progress.abort();
         eprintln!();
     }
-    let client_cpu_share = match (cpu_before, procstat::cpu(0).ok()) {
-        (Some(before), Some(after)) => {
-            after.since(&before).total.as_secs_f64() / elapsed.as_secs_f64()
-        }
-        _ => f64::NAN,
-    };
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let answered = shared.answered.load(Ordering::Relaxed);
-    Ok(Outcome {
-        mode: if schedule.is_some() { "open" } else { "closed" },
-        http: if spec.http2 { "h2c" } else { "http/1.1" },
-        connections: spec.connections,
-        target_rate: spec.rate,
-        elapsed_s: elapsed.as_secs_f64(),
-        sent,
-        answered,
-        errors,
-        timeouts,
-        missed_slots: released.saturating_sub(sent),
-        achieved_rps: answered as f64 / elapsed.as_secs_f64(),
-        status,
-        kinds: KIND_NAMES.iter().copied().zip(kinds).collect(),
-        latency: latencies.corrected(),
-        service_time: latencies.service(),
-        client_cpu_share,
-        curve: latencies.curve(),
-        first_error,
+    Ok(Driven {
+        tally,
+        sent: shared.sent.load(Ordering::Relaxed),
+        answered: shared.answered.load(Ordering::Relaxed),
+        released,
     })
 }
 
@@ -261,15 +245,8 @@ async fn worker(
     shared: Arc<Shared>,
     mut connection: Connection,
     permits: Option<Arc<tokio::sync::Semaphore>>,
-) -> TaskResult {
-    let mut result = TaskResult {
-        latencies: Latencies::new(),
-        kinds: [KindCounts::default(); 3],
-        status: BTreeMap::new(),
-        errors: 0,
-        timeouts: 0,
-        first_error: None,
-    };
+) -> Tally {
+    let mut tally = Tally::default();
     loop {
         if let Some(permits) = &permits {
             match permits.acquire().await {
@@ -287,12 +264,7 @@ async fn worker(
             None => Instant::now(),
         };
         let prepared = &shared.requests[(index % shared.requests.len() as u64) as usize];
-        let counts = &mut result.kinds[kind_index(prepared.kind)];
-        if prepared.bad {
-            counts.sent_bad += 1;
-        } else {
-            counts.sent_good += 1;
-        }
+        tally.sent(prepared);
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         match tokio::time::timeout(
@@ -302,59 +274,33 @@ async fn worker(
         .await
         {
             Ok(Ok(status)) => {
-                let done = Instant::now();
-                result.latencies.record(scheduled, sent, done);
+                tally.latencies.record(scheduled, sent, Instant::now());
                 shared.answered.fetch_add(1, Ordering::Relaxed);
-                *result.status.entry(status.as_u16()).or_insert(0) += 1;
-                if !expected(prepared, status) {
-                    counts.unexpected_status += 1;
-                } else if prepared.bad {
-                    counts.answered_bad += 1;
-                } else {
-                    counts.answered_good += 1;
-                }
+                tally.answered(prepared, status);
             }
             Ok(Err(err)) => {
-                counts.unanswered += 1;
-                result.errors += 1;
-                if result.first_error.is_none() {
-                    result.first_error = Some(err.to_string());
-                }
+                tally.failed(prepared, || err.to_string());
                 // Do not hammer a server that refuses connections.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // The cancelled HTTP/1.1 sender was dropped with the future, so the next
             // request reconnects; an HTTP/2 stream is reset and the connection kept.
-            Err(_) => {
-                counts.unanswered += 1;
-                result.timeouts += 1;
-            }
+            Err(_) => tally.timed_out(prepared),
         }
     }
-    result
+    tally
 }
 
 async fn progress(shared: Arc<Shared>) {
-    let tty = std::io::stderr().is_terminal();
+    let mut line = Progress::new(shared.start);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut last = 0u64;
     loop {
         tick.tick().await;
-        let answered = shared.answered.load(Ordering::Relaxed);
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let line = format!(
-            "[{:5.1}s] sent {sent} answered {answered} ({} req/s)",
-            shared.start.elapsed().as_secs_f64(),
-            answered - last
+        line.tick(
+            Instant::now(),
+            shared.sent.load(Ordering::Relaxed),
+            shared.answered.load(Ordering::Relaxed),
         );
-        last = answered;
-        let mut err = std::io::stderr().lock();
-        let _ = if tty {
-            write!(err, "\r{line}   ")
-        } else {
-            writeln!(err, "{line}")
-        };
-        let _ = err.flush();
     }
 }
