@@ -232,6 +232,7 @@ pub struct ServerSummary {
     pub per_core: f64,
     pub rate: f64,
     pub client_cpu_share: f64,
+    pub steal_share: f64,
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub p999_us: Option<f64>,
@@ -302,6 +303,7 @@ fn summarize_server(ms: &[&Measurement]) -> Option<ServerSummary> {
         per_core: 1e6 / cpu_us,
         rate: of(&|m| m.rate),
         client_cpu_share: of(&|m| m.client_cpu_share),
+        steal_share: of(&|m| m.steal_share),
         p50_us: opt(&|m| m.latency.map(|l| l.p50_us)),
         p99_us: opt(&|m| m.latency.map(|l| l.p99_us)),
         p999_us: opt(&|m| m.latency.and_then(|l| l.p999_us)),
@@ -400,7 +402,7 @@ pub fn table(summary: &Summary) -> String {
             _ => format!("{} ({})", p.phase.as_str(), p.client),
         };
         out.push_str(&format!(
-            "\n== {title}\n{:<10} {:>10} {:>7} {:>7} {:>10} {:>10} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
+            "\n== {title}\n{:<10} {:>10} {:>7} {:>7} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10}\n",
             "server",
             format!("cpu µs/{}", if p.unit == "request" { "req" } else { "conn" }),
             "user",
@@ -408,6 +410,7 @@ pub fn table(summary: &Summary) -> String {
             "per core/s",
             "rate/s",
             "client",
+            "steal",
             "p50",
             "p99",
             "p99.9",
@@ -416,7 +419,7 @@ pub fn table(summary: &Summary) -> String {
         ));
         for s in &p.servers {
             out.push_str(&format!(
-                "{:<10} {:>10.2} {:>7.2} {:>7.2} {:>10.0} {:>10.0} {:>6.0}% {:>8} {:>8} {:>8} {:>8.1}MB {:>8.1}MB\n",
+                "{:<10} {:>10.2} {:>7.2} {:>7.2} {:>10.0} {:>10.0} {:>6.0}% {:>5.1}% {:>8} {:>8} {:>8} {:>8.1}MB {:>8.1}MB\n",
                 s.server,
                 s.cpu_us,
                 s.user_us,
@@ -424,6 +427,7 @@ pub fn table(summary: &Summary) -> String {
                 s.per_core,
                 s.rate,
                 s.client_cpu_share * 100.0,
+                s.steal_share * 100.0,
                 opt_us(s.p50_us),
                 opt_us(s.p99_us),
                 opt_us(s.p999_us),
@@ -505,6 +509,7 @@ mod tests {
             system_us: cpu / 2.0,
             threads_us: BTreeMap::from([("worker".to_owned(), cpu)]),
             client_cpu_share: 0.5,
+            steal_share: 0.0,
             latency: None,
             errors: 0,
             resumed_share: None,

@@ -209,6 +209,9 @@ pub struct Measurement {
     /// CPU µs per unit by thread (pools summed).
     pub threads_us: BTreeMap<String, f64>,
     pub client_cpu_share: f64,
+    /// CPU time the hypervisor took from this machine during the phase, per second
+    /// of the phase, summed over CPUs (0.02 = 20 ms a second).
+    pub steal_share: f64,
     pub latency: Option<Latency>,
     pub errors: u64,
     pub resumed_share: Option<f64>,
@@ -285,8 +288,15 @@ pub async fn measure(
     let sampler = Sampler::start(pid);
     let threads0 = procstat::cpu_by_thread(pid);
     let cpu0 = procstat::cpu(pid)?;
+    let steal0 = procstat::steal().ok();
     let (client, seen) = drive(clients, phase, at, fixed_rate).await?;
     let cpu1 = procstat::cpu(pid)?;
+    let steal_share = match (steal0, procstat::steal().ok()) {
+        (Some(before), Some(after)) => {
+            after.saturating_sub(before).as_secs_f64() / seen.seconds.max(1e-9)
+        }
+        _ => f64::NAN,
+    };
     let threads1 = procstat::cpu_by_thread(pid);
     let memory_peak = sampler.finish(pid).await;
     let used = cpu1.since(&cpu0);
@@ -315,6 +325,7 @@ pub async fn measure(
         system_us: per(used.system),
         threads_us,
         client_cpu_share: seen.client_cpu_share,
+        steal_share,
         latency: seen.latency,
         errors: seen.errors,
         resumed_share: seen.resumed.map(|r| r as f64 / units),

@@ -122,6 +122,23 @@ pub fn children_cpu() -> Result<Duration, ProcError> {
     ))
 }
 
+/// Time the hypervisor ran something else while this machine's CPUs wanted to run
+/// (the `steal` column of /proc/stat's `cpu` line, summed over CPUs). A virtual
+/// machine loses its CPUs in slices of milliseconds: every request due meanwhile
+/// waits, whatever the server, so a latency tail is read beside this figure.
+pub fn steal() -> Result<Duration, ProcError> {
+    let path = PathBuf::from("/proc/stat");
+    let text = read(path.clone())?;
+    parse_steal(&text).ok_or(ProcError::Format(path))
+}
+
+fn parse_steal(text: &str) -> Option<Duration> {
+    let line = text.lines().find(|line| line.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(Duration::from_micros(ticks * 1_000_000 / TICKS_PER_SECOND))
+}
+
 /// Resident memory in bytes: all of it (VmRSS), and its private anonymous part
 /// (heap, stacks) apart from file pages (a memory-mapped file that the page cache
 /// shares with every other reader and can drop under pressure).
@@ -224,5 +241,18 @@ mod tests {
         let memory = memory(0).unwrap();
         assert!(memory.rss >= memory.anon && memory.anon > 0);
         assert!(cpu_by_thread(0).values().any(|t| *t > Duration::ZERO));
+    }
+
+    #[test]
+    fn steal_is_read_from_the_summed_cpu_line() {
+        let text =
+            "cpu  3961756 0 733782 1496891 18405 0 145837 19125 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_steal(text), Some(Duration::from_millis(191_250)));
+        assert_eq!(parse_steal("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_steal("cpu  1 2 3\n"), None);
+        assert!(
+            steal().is_ok(),
+            "this machine's /proc/stat has a steal column"
+        );
     }
 }

@@ -190,6 +190,14 @@ impl WriterTask {
             if !segment.is_empty() {
                 self.commit(segment);
             }
+            if full {
+                // More is queued. The writer shares its core with the request workers
+                // (pinned edges run everything on one): a drain of a deep queue in one
+                // go holds a woken worker off the CPU for milliseconds, the open-loop
+                // p99. Giving way after each segment bounds that wait to one segment's
+                // work; with no worker waiting it returns at once.
+                std::thread::yield_now();
+            }
             if disconnected || !full {
                 // `batch` durability: one fsync for everything this wake-up took,
                 // however many segments it made.
