@@ -21,6 +21,7 @@ mod forward;
 mod geoip;
 mod health;
 mod log;
+mod memory;
 mod privacy;
 mod public;
 mod rate_limit;
@@ -44,6 +45,7 @@ pub use forward::{FileSinkConfig, ForwardConfig, HttpSinkConfig, KafkaSinkConfig
 pub use geoip::GeoipConfig;
 pub use health::HealthConfig;
 pub use log::{LogConfig, LogFormat};
+pub use memory::MemoryConfig;
 pub use privacy::{IpMode, PrivacyConfig, SignalPolicy, UaMode};
 pub use public::{PublicConfig, TlsCertConfig};
 pub use rate_limit::{Action, RateLimitSettings};
@@ -102,6 +104,7 @@ pub struct RawConfig {
     log: log::RawLog,
     shutdown: shutdown::RawShutdown,
     health: health::RawHealth,
+    memory: memory::RawMemory,
     client_ip: client_ip::RawClientIp,
     user_agent: user_agent::RawUserAgent,
     geoip: geoip::RawGeoip,
@@ -125,6 +128,7 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub health: HealthConfig,
+    pub memory: MemoryConfig,
     pub client_ip: ClientIpConfig,
     pub user_agent: UserAgentConfig,
     pub geoip: GeoipConfig,
@@ -250,6 +254,7 @@ impl RawConfig {
             log: self.log.validate()?,
             shutdown: self.shutdown.validate()?,
             health: self.health.validate()?,
+            memory: self.memory.validate()?,
             client_ip: self.client_ip.validate()?,
             user_agent: self.user_agent.validate()?,
             geoip: self.geoip.validate()?,

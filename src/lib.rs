@@ -12,7 +12,8 @@
 //! - [`spool`]: the hand-off and the durable log, kept in [`store`] (the only module
 //!   that knows sled) as [`record`]s; [`forward`]: batches to the upstream sink.
 //! - [`metrics`]: names and handles; [`health`]: readiness; [`secret_file`]: the
-//!   secrets the edge generates for itself.
+//!   secrets the edge generates for itself; [`memory`]: freed heap back to the
+//!   kernel once a busy period is over.
 //! - [`build_asn`]: `trackedge geoip build-asn`, an ASN database from free CSVs.
 //!
 //! # The life of a hit
@@ -80,6 +81,7 @@ pub mod health;
 pub mod hit;
 pub mod idle;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 #[doc(hidden)]
 pub mod mmdb_fixtures;

@@ -69,6 +69,8 @@ pub const RATELIMIT_EVENTS_TOTAL: &str = "trackedge_ratelimit_events_total";
 pub const RATELIMIT_EVICTIONS_TOTAL: &str = "trackedge_ratelimit_evictions_total";
 pub const TLS_RELOADS_TOTAL: &str = "trackedge_tls_reloads_total";
 pub const ADMIN_UNAUTHORIZED_TOTAL: &str = "trackedge_admin_unauthorized_total";
+pub const MEMORY_RELEASES_TOTAL: &str = "trackedge_memory_releases_total";
+pub const MEMORY_RELEASED_BYTES_TOTAL: &str = "trackedge_memory_released_bytes_total";
 pub const READY: &str = "trackedge_ready";
 pub const BUILD_INFO: &str = "trackedge_build_info";
 // The process metrics every Prometheus client exports, under their usual names (no
@@ -372,6 +374,16 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         TLS_RELOADS_TOTAL,
         MetricKind::Counter,
         "TLS certificate reloads, by result (ok, error: the previous certificates stay).",
+    ),
+    (
+        MEMORY_RELEASES_TOTAL,
+        MetricKind::Counter,
+        "Times a quiet edge handed the heap a busy period freed back to the kernel (see [memory]).",
+    ),
+    (
+        MEMORY_RELEASED_BYTES_TOTAL,
+        MetricKind::Counter,
+        "Resident bytes those releases gave back (resident memory before minus after).",
     ),
     (
         ADMIN_UNAUTHORIZED_TOTAL,

@@ -205,6 +205,10 @@ pub async fn run(
         ));
     }
     tokio::spawn(m::upkeep(prometheus, background.clone()));
+    tokio::spawn(crate::memory::release_when_quiet(
+        config.memory.clone(),
+        background.clone(),
+    ));
     tokio::spawn(health.clone().publish(background));
 
     tracing::info!(public = %bound.public, admin = %bound.admin, tls = tls.is_some(), node = %config.node_id, "trackedge listening");

@@ -2,9 +2,12 @@
 //! side-by-side comparison runner for trackedge.
 //!
 //! # Layout
-//! - [`schedule`]: open-loop pacing; [`client`]: keep-alive HTTP/1.1 and h2c
-//!   connections; [`load`]: drives a phase and counts; [`histogram`]: HDR latency
-//!   with coordinated-omission correction; [`report`] and [`plot`]: tables and PNG.
+//! - [`load`]: drives a phase; [`openloop`]: the single-threaded open-loop
+//!   HTTP/1.1 client of fixed-rate runs; [`client`]: keep-alive HTTP/1.1 and h2c
+//!   connections for closed-loop and HTTP/2 runs, paced by [`schedule`];
+//!   [`tally`]: what a driver counted; [`histogram`]: HDR latency with
+//!   coordinated-omission correction; [`progress`], [`report`] and [`plot`]: the
+//!   progress line, tables and PNG.
 //! - [`traffic`]: the realistic request mix; [`geodb`]: a GeoIP2-City-shaped
 //!   database of realistic size.
 //! - [`process`], [`edge`], [`floor`], [`nginx`]: the servers under test.
@@ -13,7 +16,7 @@
 //!   [`phase`]: one measured phase (fixed rate, saturation, TLS handshakes and
 //!   keep-alive, HTTP/2); its clients [`wrk`], [`h2load`] and [`tlsclient`]
 //!   (rustls); [`certs`]: the ECDSA P-256 certificate they all serve.
-//! - [`procstat`]: CPU time and RSS from /proc.
+//! - [`procstat`]: CPU time, RSS and the hypervisor's steal time from /proc.
 #![forbid(unsafe_code)]
 
 pub mod account;
