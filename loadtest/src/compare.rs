@@ -49,6 +49,8 @@ pub struct Setup {
     pub dir: PathBuf,
     pub server_core: Option<usize>,
     pub worker_threads: usize,
+    /// How long after its last phase a server's memory is read again.
+    pub settle: Duration,
 }
 
 /// A server started for one round: its process and where it listens.
@@ -152,7 +154,7 @@ async fn instance_phases(
         );
         out.push(m);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(setup.settle).await;
     let after: MemoryMb = procstat::memory(pid).unwrap_or_default().into();
     for m in &mut out {
         m.memory_before = before;

@@ -212,6 +212,11 @@ struct CompareArgs {
     /// Seconds of each closed-loop mode (saturation, TLS, HTTP/2) per server and round.
     #[arg(long, default_value_t = 5.0)]
     max_seconds: f64,
+    /// Seconds after a server's last phase before its memory is read again ("rss
+    /// after"): long enough for trackedge's default [memory] looks (every 5 s) to
+    /// see it quiet and release.
+    #[arg(long, default_value_t = 12.0)]
+    settle_seconds: f64,
     /// Concurrent new-connection clients of tls_full and tls_resume.
     #[arg(long, default_value_t = 16)]
     tls_connections: usize,
@@ -301,6 +306,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         dir: temp.path().to_owned(),
         server_core: (!args.no_pin).then_some(args.server_core),
         worker_threads: args.worker_threads,
+        settle: Duration::from_secs_f64(args.settle_seconds.clamp(0.0, 600.0)),
     };
     // One start creates the edge's key file, which the traffic is signed with.
     {

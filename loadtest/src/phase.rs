@@ -216,7 +216,8 @@ pub struct Measurement {
     pub errors: u64,
     pub resumed_share: Option<f64>,
     pub memory_peak: MemoryMb,
-    /// After the warm-up of this server instance, and 1 s after its last phase.
+    /// After the warm-up of this server instance, and `--settle-seconds` after its
+    /// last phase.
     pub memory_before: MemoryMb,
     pub memory_after: MemoryMb,
     #[serde(skip)]

@@ -95,6 +95,7 @@ fn compare_measures_every_mode_against_the_real_servers() {
         .arg(trackedge_bin())
         .args(["--modes", &modes.join(",")])
         .args(["--rounds", "1", "--max-seconds", "1", "--connections", "8"])
+        .args(["--settle-seconds", "1"])
         .args([
             "--tls-connections",
             "4",
