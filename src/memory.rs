@@ -10,10 +10,14 @@
 //! trims when it used under [`QUIET_CPU_SHARE`] of one core meanwhile and holds at
 //! least `memory.release_min_growth` more than after its last trim (the first quiet
 //! look after start always trims: start-up frees memory too).
-//! The trim runs on the blocking pool: it takes each arena's lock in turn, and a
-//! worker must not wait on it.
+//! The trim runs on the blocking pool, so the call itself never occupies a worker;
+//! a worker that allocates meanwhile still waits for the arena being trimmed, which
+//! is why it only runs when the edge is quiet.
+//!
+//! Growth is measured on anonymous resident memory (`RssAnon`): the heap, not the
+//! pages of the mapped GeoIP file, which lookups touch and the kernel can drop.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::MemoryConfig;
 use crate::metrics as m;
@@ -26,7 +30,9 @@ pub const QUIET_CPU_SHARE: f64 = 0.05;
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Sample {
     cpu: Duration,
+    /// Anonymous resident memory (heap and stacks).
     resident_bytes: u64,
+    at: Instant,
 }
 
 /// Whether to release now: quiet since the last look, and grown enough since the
@@ -71,7 +77,10 @@ pub async fn release_when_quiet(config: MemoryConfig, mut shutdown: Signal) {
             () = shutdown.recv() => return,
         }
         let Some(now) = sample() else { continue };
-        let cpu_share = now.cpu.saturating_sub(last.cpu).as_secs_f64() / every.as_secs_f64();
+        // Over the time that really passed: a late tick, or the look after a trim,
+        // must not read as busy or quiet.
+        let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        let cpu_share = now.cpu.saturating_sub(last.cpu).as_secs_f64() / elapsed;
         last = now;
         if !should_release(
             cpu_share,
@@ -108,6 +117,7 @@ fn sample() -> Option<Sample> {
     Some(Sample {
         cpu: parse_cpu(&stat)?,
         resident_bytes: parse_resident(&status)?,
+        at: Instant::now(),
     })
 }
 
@@ -122,9 +132,9 @@ fn parse_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis((user + system) * 10))
 }
 
-/// `VmRSS` of `/proc/self/status`, in bytes.
+/// `RssAnon` of `/proc/self/status`, in bytes.
 fn parse_resident(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -188,7 +198,7 @@ mod tests {
         let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 1000000 500";
         assert_eq!(parse_cpu(stat), Some(Duration::from_millis(3250)));
         assert_eq!(parse_cpu("4242 (x) S 1 2"), None);
-        let status = "Name:\ttrackedge\nVmPeak:\t  200000 kB\nVmRSS:\t   81234 kB\nThreads:\t9\n";
+        let status = "Name:\ttrackedge\nVmRSS:\t   91234 kB\nRssAnon:\t   81234 kB\nThreads:\t9\n";
         assert_eq!(parse_resident(status), Some(81234 * 1024));
         assert_eq!(parse_resident("Name:\tx\n"), None);
         let own = sample().expect("this process's /proc/self");

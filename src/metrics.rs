@@ -383,7 +383,7 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
     (
         MEMORY_RELEASED_BYTES_TOTAL,
         MetricKind::Counter,
-        "Resident bytes those releases gave back (resident memory before minus after).",
+        "Anonymous resident bytes (the heap) those releases gave back: before minus after.",
     ),
     (
         ADMIN_UNAUTHORIZED_TOTAL,

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::client::Connection;
 use crate::histogram::Summary;
-use crate::openloop;
+use crate::openloop::{self, Run};
 use crate::procstat;
 use crate::progress::Progress;
 use crate::schedule::{Pacer, Schedule};
@@ -89,15 +89,6 @@ struct Shared {
     limit: u64,
 }
 
-/// What a driver hands back: its tally and the request counts.
-struct Driven {
-    tally: Tally,
-    sent: u64,
-    answered: u64,
-    /// Open loop: slots that came due before the end.
-    released: u64,
-}
-
 /// Runs one load phase to completion.
 pub async fn drive(spec: LoadSpec, requests: Arc<Vec<Prepared>>) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!requests.is_empty(), "no requests prepared");
@@ -129,14 +120,7 @@ pub async fn drive(spec: LoadSpec, requests: Arc<Vec<Prepared>>) -> anyhow::Resu
                 timeout: spec.timeout,
                 progress: spec.progress,
             };
-            let run =
-                tokio::task::spawn_blocking(move || openloop::run(&plan, &requests)).await??;
-            Driven {
-                tally: run.tally,
-                sent: run.sent,
-                answered: run.answered,
-                released: run.released,
-            }
+            tokio::task::spawn_blocking(move || openloop::run(&plan, &requests)).await??
         }
         _ => drive_tasks(&spec, requests, schedule, limit, start).await?,
     };
@@ -147,7 +131,7 @@ pub async fn drive(spec: LoadSpec, requests: Arc<Vec<Prepared>>) -> anyhow::Resu
         }
         _ => f64::NAN,
     };
-    let Driven {
+    let Run {
         tally,
         sent,
         answered,
@@ -183,7 +167,7 @@ async fn drive_tasks(
     schedule: Option<Schedule>,
     limit: u64,
     start: Instant,
-) -> anyhow::Result<Driven> {
+) -> anyhow::Result<Run> {
     let shared = Arc::new(Shared {
         requests,
         next: AtomicU64::new(0),
@@ -233,7 +217,7 @@ async fn drive_tasks(
         progress.abort();
         eprintln!();
     }
-    Ok(Driven {
+    Ok(Run {
         tally,
         sent: shared.sent.load(Ordering::Relaxed),
         answered: shared.answered.load(Ordering::Relaxed),
@@ -297,7 +281,7 @@ async fn progress(shared: Arc<Shared>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        line.tick(
+        line.print(
             Instant::now(),
             shared.sent.load(Ordering::Relaxed),
             shared.answered.load(Ordering::Relaxed),

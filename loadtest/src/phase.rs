@@ -370,7 +370,12 @@ async fn drive(
                 Seen {
                     completed: outcome.total().answered_good + outcome.total().answered_bad,
                     seconds: outcome.elapsed_s,
-                    errors: outcome.errors + outcome.timeouts + outcome.total().unexpected_status,
+                    // A slot the client could not send before the end has no latency
+                    // to report; counted here so a short run cannot hide a stall.
+                    errors: outcome.errors
+                        + outcome.timeouts
+                        + outcome.total().unexpected_status
+                        + outcome.missed_slots,
                     client_cpu_share: outcome.client_cpu_share,
                     latency: Some(Latency {
                         p50_us: outcome.latency.p50_us,

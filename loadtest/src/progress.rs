@@ -21,15 +21,21 @@ impl Progress {
         }
     }
 
-    /// Prints a line if a second passed since the last.
+    /// Prints a line if a second passed since the last (for a loop that calls it
+    /// far more often than that).
     pub fn tick(&mut self, now: Instant, sent: u64, answered: u64) {
-        if now.duration_since(self.last_at) < Duration::from_secs(1) {
-            return;
+        if now.duration_since(self.last_at) >= Duration::from_secs(1) {
+            self.print(now, sent, answered);
         }
+    }
+
+    /// Prints a line now, the rate over the time since the last one.
+    pub fn print(&mut self, now: Instant, sent: u64, answered: u64) {
+        let seconds = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
         let line = format!(
-            "[{:5.1}s] sent {sent} answered {answered} ({} req/s)",
+            "[{:5.1}s] sent {sent} answered {answered} ({:.0} req/s)",
             now.duration_since(self.start).as_secs_f64(),
-            answered.saturating_sub(self.last_answered)
+            answered.saturating_sub(self.last_answered) as f64 / seconds
         );
         self.last_at = now;
         self.last_answered = answered;

@@ -30,14 +30,17 @@ impl RawMemory {
             ms => Some(Duration::from_millis(in_range(
                 "memory.release_check_ms",
                 ms,
-                100,
+                // CPU time comes in 10 ms ticks: a shorter look cannot tell 5% of a
+                // core from nothing.
+                1000,
                 3_600_000,
             )?)),
         };
         let growth_mb = in_range(
             "memory.release_min_growth_mb",
             self.release_min_growth_mb,
-            0,
+            // 0 would trim on every quiet look, forever.
+            1,
             1 << 20,
         )?;
         Ok(MemoryConfig {

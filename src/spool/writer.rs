@@ -191,11 +191,11 @@ impl WriterTask {
                 self.commit(segment);
             }
             if full {
-                // More is queued. The writer shares its core with the request workers
-                // (pinned edges run everything on one): a drain of a deep queue in one
-                // go holds a woken worker off the CPU for milliseconds, the open-loop
-                // p99. Giving way after each segment bounds that wait to one segment's
-                // work; with no worker waiting it returns at once.
+                // The segment filled, so more may be queued. The writer shares its
+                // core with the request workers (pinned edges run everything on
+                // one): a drain of a deep queue in one go holds a woken worker off the
+                // CPU for milliseconds. Giving way after each segment bounds that wait
+                // to one segment's work; with no worker waiting it returns at once.
                 std::thread::yield_now();
             }
             if disconnected || !full {
