@@ -58,7 +58,7 @@ pub async fn release_when_quiet(config: MemoryConfig, mut shutdown: Signal) {
         return;
     };
     if !trim::AVAILABLE {
-        tracing::info!("memory.release_check is set, but this build's allocator cannot release memory; ignored");
+        tracing::info!("memory.release_check_ms is set, but this build's allocator cannot release memory; ignored");
         return;
     }
     let Some(mut last) = sample() else {
