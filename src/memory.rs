@@ -111,32 +111,21 @@ pub async fn release_when_quiet(config: MemoryConfig, mut shutdown: Signal) {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn sample() -> Option<Sample> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let me = procfs::process::Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    let ticks = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
     Some(Sample {
-        cpu: parse_cpu(&stat)?,
-        resident_bytes: parse_resident(&status)?,
+        cpu: Duration::from_secs_f64(ticks),
+        resident_bytes: me.status().ok()?.rssanon? * 1024,
         at: Instant::now(),
     })
 }
 
-/// utime + stime of `/proc/self/stat`, in clock ticks of 1/100 s (USER_HZ is 100
-/// on every mainstream Linux build, fixed by the ABI whatever CONFIG_HZ is).
-fn parse_cpu(stat: &str) -> Option<Duration> {
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 10))
-}
-
-/// `RssAnon` of `/proc/self/status`, in bytes.
-fn parse_resident(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+#[cfg(not(target_os = "linux"))]
+fn sample() -> Option<Sample> {
+    None
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -194,14 +183,15 @@ mod tests {
     }
 
     #[test]
-    fn proc_files_are_parsed_whatever_the_command_name() {
-        let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 1000000 500";
-        assert_eq!(parse_cpu(stat), Some(Duration::from_millis(3250)));
-        assert_eq!(parse_cpu("4242 (x) S 1 2"), None);
-        let status = "Name:\ttrackedge\nVmRSS:\t   91234 kB\nRssAnon:\t   81234 kB\nThreads:\t9\n";
-        assert_eq!(parse_resident(status), Some(81234 * 1024));
-        assert_eq!(parse_resident("Name:\tx\n"), None);
-        let own = sample().expect("this process's /proc/self");
-        assert!(own.resident_bytes > 0);
+    fn this_process_is_sampled_from_proc() {
+        let first = sample().expect("this process's /proc/self");
+        assert!(first.resident_bytes > 0);
+        // Spin a little: CPU time moves forward, never back.
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until {
+            std::hint::black_box(0u64);
+        }
+        let second = sample().unwrap();
+        assert!(second.cpu >= first.cpu && second.at > first.at);
     }
 }

@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use crate::client::Connection;
 use crate::histogram::Summary;
-use crate::openloop::{self, Run};
+use crate::openloop;
 use crate::procstat;
 use crate::progress::Progress;
 use crate::schedule::{Pacer, Schedule};
-use crate::tally::{KindCounts, Tally, KIND_NAMES};
+use crate::tally::{KindCounts, Run, Tally, KIND_NAMES};
 use crate::traffic::Prepared;
 
 #[derive(Debug, Clone)]
@@ -265,7 +265,7 @@ async fn worker(
             Ok(Err(err)) => {
                 tally.failed(prepared, || err.to_string());
                 // Do not hammer a server that refuses connections.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(openloop::REST_AFTER_ERROR).await;
             }
             // The cancelled HTTP/1.1 sender was dropped with the future, so the next
             // request reconnects; an HTTP/2 stream is reset and the connection kept.

@@ -28,7 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::progress::Progress;
 use crate::schedule::Schedule;
-use crate::tally::Tally;
+use crate::tally::{Run, Tally};
 use crate::traffic::{self, Prepared};
 
 /// What to run.
@@ -45,23 +45,14 @@ pub struct Plan {
     pub progress: bool,
 }
 
-/// What a run counted.
-pub struct Run {
-    pub tally: Tally,
-    pub sent: u64,
-    pub answered: u64,
-    /// Slots that came due before the end.
-    pub released: u64,
-}
-
 /// Spin instead of sleeping when the next slot is due sooner than this: an epoll
 /// sleep is rounded up to whole milliseconds and the wake-up itself can be late.
 const SPIN_AHEAD: Duration = Duration::from_micros(2500);
 /// Longest sleep, so timeouts and the progress line are looked at often enough.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
 /// After a connection error, the connection rests this long (do not hammer a
-/// server that refuses connections).
-const REST_AFTER_ERROR: Duration = Duration::from_millis(10);
+/// server that refuses connections); the task-per-connection driver does the same.
+pub const REST_AFTER_ERROR: Duration = Duration::from_millis(10);
 /// How often in-flight requests are checked against the timeout.
 const TIMEOUT_SCAN: Duration = Duration::from_millis(1);
 /// Answers larger than this are refused: every answer measured is a pixel, a

@@ -119,3 +119,13 @@ impl Tally {
         }
     }
 }
+
+/// What a whole run counted, from either driver (the open-loop thread or the
+/// task-per-connection one).
+pub struct Run {
+    pub tally: Tally,
+    pub sent: u64,
+    pub answered: u64,
+    /// Open loop: slots that came due before the end (sent or missed).
+    pub released: u64,
+}
